@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine (see README):
+#   make run    set up .venv, then the main job (a short PPO training run with results)
+#   make test   set up .venv, then the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch from the local wheel first, so nothing pulls the multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/llmsched simulate --scheduler fcfs --trace splitwise_conv --num-requests 2000 --window-start 0
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+bench: $(STAMP)
+	$(BIN)/python eval/bench_engine.py
+	$(BIN)/python -m pytest tests/benchmarks --benchmark-enable -p no:xdist
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

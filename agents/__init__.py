@@ -1,0 +1,1 @@
+"""Policy networks for SB3, export (ONNX) and engine hooks."""

@@ -1,0 +1,108 @@
+"""vLLM v1's scheduler (``vllm/v1/core/sched/scheduler.py``), FCFS and priority policies.
+
+Source: vLLM v1 ``Scheduler.schedule()``. Rules, per step, with a token budget of
+``max_num_batched_tokens``:
+
+1. Running requests first, in running order; each gets what it is owed (the rest of its prefill,
+   i.e. chunked prefill, or 1 decode token), capped by the remaining budget. When its KV blocks do
+   not fit, preempt a victim (recompute) and retry: FCFS -> the newest running request (the last
+   of ``running``); priority -> the largest (priority, arrival). A request that is itself the
+   victim stops there. A victim already scheduled this step gives its tokens back.
+2. If nothing was preempted this step, waiting requests in queue order (preempted first, then
+   FCFS; priority policy: by (priority, arrival)) are admitted with chunk = min(owed, budget) while
+   the budget, ``max_num_seqs`` and KV allow; the first that does not fit stops admission.
+
+``fcfs`` is the same scheduler under another name (the engine's reference scheduler).
+"""
+from __future__ import annotations
+
+from llmsched_env.plan import BatchPlan
+from llmsched_env.scheduler import register
+
+
+@register("vllm-v1")
+class VLLMV1Scheduler:
+    """vLLM v1 (chunked prefill always on).
+
+    Args:
+        policy: "fcfs" or "priority".
+        token_budget: per-step token budget (None = the engine's max_num_batched_tokens).
+    """
+
+    def __init__(self, policy: str = "fcfs", token_budget: int | None = None):
+        if policy not in ("fcfs", "priority"):
+            raise ValueError(f"policy must be 'fcfs' or 'priority', not {policy!r}")
+        self.policy = policy
+        self.token_budget = token_budget
+
+    def reset(self) -> None:
+        pass
+
+    def _victim(self, running: list):
+        if self.policy == "fcfs":
+            return running[-1]
+        return max(running, key=lambda r: (r.priority, r.arrival_s))
+
+    def schedule(self, engine) -> BatchPlan:
+        cfg = engine.config
+        bs = cfg.block_size
+        budget = cfg.max_num_batched_tokens if self.token_budget is None else min(self.token_budget,
+                                                                                 cfg.max_num_batched_tokens)
+        free = engine.free_blocks
+        tokens: dict[int, int] = {}
+        preempt: set[int] = set()
+        running = list(engine.running.values())
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            owed = req.prefill_target - req.num_computed
+            n = owed if owed > 0 else 1
+            if n > budget:
+                n = budget
+            need = -(-(req.num_computed + n) // bs) - req.num_blocks
+            while need > free:
+                victim = self._victim(running)
+                running.remove(victim)
+                preempt.add(victim.rid)
+                free += victim.num_blocks
+                given = tokens.pop(victim.rid, None)
+                if given is not None:
+                    budget += given
+                    free += -(-(victim.num_computed + given) // bs) - victim.num_blocks
+                    i -= 1
+                if victim is req:
+                    break
+            else:
+                tokens[req.rid] = n
+                budget -= n
+                free -= need
+                i += 1
+                continue
+            # req preempted itself; running[i] is now the next request
+        if preempt:
+            return BatchPlan(tokens, preempt)
+
+        num_resident = len(engine.running)
+        waiting = engine.iter_waiting()
+        if self.policy == "priority":
+            waiting = sorted(waiting, key=lambda r: (r.priority, r.arrival_s))
+        for req in waiting:
+            if budget <= 0 or num_resident >= cfg.max_num_seqs:
+                break
+            n = min(req.prefill_target, budget)
+            need = -(-n // bs)
+            if need > free:
+                break
+            tokens[req.rid] = n
+            budget -= n
+            free -= need
+            num_resident += 1
+        return BatchPlan(tokens, preempt)
+
+
+@register("fcfs")
+class FCFSScheduler(VLLMV1Scheduler):
+    """FCFS with chunked prefill: vLLM v1's default policy (see the module docstring)."""
+
+    def __init__(self, token_budget: int | None = None):
+        super().__init__("fcfs", token_budget)

@@ -1,0 +1,17 @@
+"""llmsched_env: a serving engine, a calibrated batch cost model, workloads, metrics, the
+Scheduler protocol, and the Gymnasium environment around them."""
+from .cost_model import BatchShape, CalibratedCostModel, CostModel, InferMaxCostModel
+from .engine import Engine, EngineConfig, SchedulerStalled, StepResult, WorkloadRejected
+from .plan import BatchPlan, PlanError
+from .presets import Preset, get_preset, list_presets
+from .request import Request, RequestSpec
+from .scheduler import Scheduler, available_schedulers, make_scheduler, register
+from .simulate import goodput, run, simulate
+from .workload import SLOClass, TraceError, WorkloadConfig, build_workload, load_trace
+
+__version__ = "0.1.0"
+__all__ = ["BatchPlan", "BatchShape", "CalibratedCostModel", "CostModel", "Engine", "EngineConfig",
+           "InferMaxCostModel", "PlanError", "Preset", "Request", "RequestSpec", "SLOClass", "Scheduler",
+           "SchedulerStalled", "StepResult", "TraceError", "WorkloadConfig", "WorkloadRejected",
+           "available_schedulers", "build_workload", "get_preset", "goodput", "list_presets", "load_trace",
+           "make_scheduler", "register", "run", "simulate"]

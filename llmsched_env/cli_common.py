@@ -1,0 +1,110 @@
+"""Command-line arguments shared by every ``llmsched`` subcommand that builds workloads and engines."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from .presets import DEFAULT_PRESET
+from .workload import DEFAULT_SLO, SLOClass, WorkloadConfig
+
+
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workload")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--trace", help="trace CSV path or name in ../shared/data/traces (default splitwise_conv)")
+    src.add_argument("--synthetic", action="store_true", help="synthetic lengths (see --lengths)")
+    g.add_argument("--arrival", choices=["trace", "poisson", "gamma"],
+                   help="arrival process (default: the trace's timestamps when it has them and no "
+                        "--rate is given, else poisson)")
+    g.add_argument("--rate", type=float, help="arrival rate for poisson/gamma, requests/s")
+    g.add_argument("--rate-scale", type=float, default=1.0, help="trace arrivals sped up by this factor")
+    g.add_argument("--cv", type=float, default=1.0, help="coefficient of variation of gamma inter-arrivals")
+    g.add_argument("--num-requests", type=int, help="requests (default: whole trace for trace arrivals, "
+                                                    "else 1000)")
+    g.add_argument("--window-start", type=int, help="first trace row of the window (default: random by seed; "
+                                                    "0 when the whole trace is used)")
+    g.add_argument("--lengths", choices=["fixed", "uniform", "lognormal"], default="lognormal",
+                   help="synthetic length distribution")
+    g.add_argument("--prompt-len", type=int, default=512, help="synthetic prompt length (mean), tokens")
+    g.add_argument("--output-len", type=int, default=128, help="synthetic output length (mean), tokens")
+    g.add_argument("--slo-ttft", type=float, default=DEFAULT_SLO.ttft_s, help="TTFT target, s")
+    g.add_argument("--slo-tbt", type=float, default=DEFAULT_SLO.tbt_s, help="TBT (P99 per request) target, s")
+    g.add_argument("--slo-tiers", help="several tiers: name:ttft_s:tbt_s:weight[:priority],... "
+                                       "(overrides --slo-ttft/--slo-tbt)")
+    g.add_argument("--oversize", choices=["error", "drop", "clip"], default="error",
+                   help="requests longer than the model's context: reject (default), drop, or clip the prompt")
+    g.add_argument("--predictor-error", type=float, help="relative std of a noisy output-length predictor")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--preset", default=DEFAULT_PRESET, help=f"cost-model preset (default {DEFAULT_PRESET}; "
+                                                            "`llmsched presets` lists them)")
+    g.add_argument("--token-budget", type=int, help="max tokens per step (default 8192)")
+    g.add_argument("--max-num-seqs", type=int, help="max resident requests (default 256)")
+    g.add_argument("--num-kv-blocks", type=int, help="override KV capacity, blocks")
+    g.add_argument("--gpu-mem-util", type=float, help="GPU memory share for weights + KV (default 0.9)")
+    g.add_argument("--block-size", type=int, help="KV block size, tokens (default 16)")
+
+
+def parse_tiers(text: str) -> tuple[SLOClass, ...]:
+    tiers = []
+    for part in text.split(","):
+        f = part.split(":")
+        if len(f) not in (4, 5):
+            raise SystemExit(f"error: --slo-tiers entry {part!r} must be name:ttft_s:tbt_s:weight[:priority]")
+        try:
+            tiers.append(SLOClass(f[0], float(f[1]), float(f[2]), float(f[3]), int(f[4]) if len(f) == 5 else 0))
+        except ValueError:
+            raise SystemExit(f"error: --slo-tiers entry {part!r} has a non-numeric field") from None
+    return tuple(tiers)
+
+
+def workload_from_args(a, max_total_len: int | None = None) -> WorkloadConfig:
+    from .workload import load_trace
+    trace = None if a.synthetic else (a.trace or "splitwise_conv")
+    arrival = a.arrival
+    if arrival is None:
+        has_t = trace is not None and load_trace(trace).arrival_s is not None
+        arrival = "trace" if has_t and a.rate is None else "poisson"
+    if arrival == "trace" and trace is None:
+        raise SystemExit("error: --arrival trace needs --trace")
+    n = a.num_requests
+    if n is None and not (arrival == "trace"):
+        n = 1000
+    if n is not None and n < 1:
+        raise SystemExit(f"error: --num-requests must be >= 1 (got {n})")
+    window = a.window_start if a.window_start is not None else (0 if n is None else None)
+    tiers = parse_tiers(a.slo_tiers) if a.slo_tiers else (SLOClass("default", a.slo_ttft, a.slo_tbt),)
+    try:
+        return WorkloadConfig(num_requests=n, arrival=arrival, rate=a.rate or 2.0, cv=a.cv,
+                              rate_scale=a.rate_scale, lengths="trace" if trace else a.lengths, trace=trace,
+                              window_start=window, prompt_len=a.prompt_len, output_len=a.output_len,
+                              slo_classes=tiers, oversize=a.oversize,
+                              max_total_len=max_total_len if a.oversize != "error" else None,
+                              predictor_error=a.predictor_error, seed=a.seed)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def engine_overrides(a) -> dict:
+    return {"max_num_batched_tokens": a.token_budget, "max_num_seqs": a.max_num_seqs,
+            "num_kv_blocks": a.num_kv_blocks, "block_size": a.block_size}
+
+
+def write_json(obj, path: str | None) -> None:
+    if not path:
+        return
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(clean(obj), indent=2) + "\n")

@@ -1,0 +1,388 @@
+"""The serving engine: the only code that advances time.
+
+``Engine.step(plan)`` validates a BatchPlan against every limit, applies it (preemptions first,
+then the batch), asks the cost model how long the batch takes, and records which tokens came out
+when. Units: seconds for time, tokens for lengths, blocks (of ``block_size`` tokens) for KV.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+
+from .cost_model import BatchShape, CostModel
+from .plan import BatchPlan, PlanError
+from .request import FINISHED, RUNNING, WAITING, Request, RequestSpec
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Limits of one model replica.
+
+    Attributes:
+        num_kv_blocks: KV-cache capacity, blocks.
+        block_size: tokens per KV block (vLLM's default 16).
+        max_num_batched_tokens: token budget of one step, tokens.
+        max_num_seqs: most requests resident (holding KV, i.e. running) at once, after a step.
+        max_model_len: longest sequence (prompt + output) the model accepts, tokens.
+        num_gpus: GPUs per replica (the tensor-parallel degree); GPU cost = busy s x num_gpus.
+    """
+
+    num_kv_blocks: int
+    block_size: int = 16
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    max_model_len: int = 1 << 30
+    num_gpus: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("num_kv_blocks", "block_size", "max_num_batched_tokens", "max_num_seqs",
+                     "max_model_len", "num_gpus"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"{name}={value!r} must be a positive integer")
+        if problems:
+            raise ValueError("impossible EngineConfig: " + "; ".join(problems))
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_kv_blocks * self.block_size
+
+
+class WorkloadRejected(ValueError):
+    """A request can never be served under this config (named with its numbers)."""
+
+
+class SchedulerStalled(RuntimeError):
+    """The scheduler returned an empty plan while nothing can ever change (no future arrivals)."""
+
+
+class StepResult:
+    """What one ``Engine.step`` did. Tokens are emitted at ``end_s``.
+
+    Attributes:
+        start_s, end_s, latency_s: step timing, seconds (latency 0 for an idle step).
+        num_tokens: tokens processed.
+        emitted: ids of requests that emitted one output token at ``end_s``.
+        finished: ids of requests that finished (subset of ``emitted``).
+        preempted: ids of requests preempted before the step.
+        admitted: ids of waiting requests that joined the batch.
+        idle: True when the plan processed no tokens (the clock jumped to the next arrival).
+    """
+
+    __slots__ = ("start_s", "end_s", "latency_s", "num_tokens", "emitted", "finished",
+                 "preempted", "admitted", "idle", "shape")
+
+    def __init__(self, start_s, end_s, num_tokens, emitted, finished, preempted, admitted, idle,
+                 shape):
+        self.start_s = start_s
+        self.end_s = end_s
+        self.latency_s = end_s - start_s if not idle else 0.0
+        self.num_tokens = num_tokens
+        self.emitted = emitted
+        self.finished = finished
+        self.preempted = preempted
+        self.admitted = admitted
+        self.idle = idle
+        self.shape = shape
+
+
+class Engine:
+    """A paged-KV LLM serving engine driven one BatchPlan at a time.
+
+    Args:
+        workload: request specs (any order; sorted by arrival time, then id).
+        config: replica limits.
+        cost_model: gives each batch's latency in seconds.
+
+    Raises:
+        WorkloadRejected: a request longer than the model's context or the KV cache, or
+            duplicate ids.
+    """
+
+    def __init__(self, workload: Sequence[RequestSpec], config: EngineConfig, cost_model: CostModel):
+        self.config = config
+        self.cost_model = cost_model
+        specs = sorted(workload, key=lambda s: (s.arrival_s, s.rid))
+        self._check_workload(specs)
+        self._pending: list[RequestSpec] = specs
+        self._next_arrival = 0
+        self.requests: dict[int, Request] = {}      # every arrived request, by id
+        self.running: dict[int, Request] = {}       # resident, in admission order
+        self._waiting_new: dict[int, Request] = {}  # fresh arrivals, in arrival order
+        self._waiting_preempted: deque[Request] = deque()  # most recently preempted first
+        self.finished: list[Request] = []
+        self.now_s = 0.0
+        self.num_steps = 0
+        self.used_blocks = 0
+        self.max_used_blocks = 0
+        self.busy_s = 0.0
+        self.num_preemptions = 0
+        self.recomputed_tokens = 0
+        self.processed_tokens = 0
+        self.kv_block_seconds = 0.0  # integral of used blocks over busy time, block*s
+        self.last_step_latency_s = 0.0
+        self._admit_arrivals()
+        if not self.running and not self._has_waiting():
+            self._jump_to_next_arrival()
+
+    # ----------------------------------------------------------------- views
+    def _has_waiting(self) -> bool:
+        return bool(self._waiting_new) or bool(self._waiting_preempted)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting_new) + len(self._waiting_preempted)
+
+    def iter_waiting(self) -> Iterator[Request]:
+        """Waiting requests in queue order: preempted ones first (most recent first, as vLLM
+        re-queues them at the head), then new arrivals in arrival order."""
+        yield from self._waiting_preempted
+        yield from self._waiting_new.values()
+
+    @property
+    def waiting(self) -> list[Request]:
+        return list(self.iter_waiting())
+
+    @property
+    def free_blocks(self) -> int:
+        return self.config.num_kv_blocks - self.used_blocks
+
+    @property
+    def done(self) -> bool:
+        """True once every request of the workload has finished."""
+        return len(self.finished) == len(self._pending)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._pending)
+
+    @property
+    def next_arrival_s(self) -> Optional[float]:
+        if self._next_arrival < len(self._pending):
+            return self._pending[self._next_arrival].arrival_s
+        return None
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """KV blocks needed to hold ``num_tokens`` tokens."""
+        return -(-num_tokens // self.config.block_size)
+
+    # ------------------------------------------------------------------ step
+    def step(self, plan: BatchPlan) -> StepResult:
+        """Validate and apply one BatchPlan; advance the clock by the batch latency.
+
+        Raises:
+            PlanError: the plan breaks a limit (every violation is named; nothing changes).
+            SchedulerStalled: an empty plan while no future arrival can change anything.
+        """
+        cfg = self.config
+        bs = cfg.block_size
+        tokens = plan.tokens
+        preempt = plan.preempt
+        violations: list[str] = []
+        requests = self.requests
+        running = self.running
+
+        freed = 0
+        for rid in preempt:
+            req = requests.get(rid)
+            if req is None or req.status != RUNNING:
+                violations.append(f"preempt: request {rid} is not running "
+                                  f"({self._describe(rid)}); only running requests can be preempted")
+            elif rid in tokens:
+                violations.append(f"preempt: request {rid} is both preempted and scheduled")
+            else:
+                freed += req.num_blocks
+
+        total = 0
+        delta_blocks = 0
+        admitted = 0
+        n_prefill = n_decode = n_emit = 0
+        sum_c = sum_c2 = sum_ck = sum_k = sum_kv = 0
+        batch: list[tuple[Request, int]] = []
+        for rid, n in tokens.items():
+            req = requests.get(rid)
+            if req is None or req.status == FINISHED:
+                violations.append(f"tokens: request {rid} is not waiting or running "
+                                  f"({self._describe(rid)})")
+                continue
+            k = req.num_computed
+            owed = req.prefill_target - k
+            if type(n) is not int and not (hasattr(n, "__index__") and not isinstance(n, bool)):
+                violations.append(f"tokens: request {rid} got {n!r}; token counts are integers")
+                continue
+            if owed > 0:
+                if n < 1 or n > owed:
+                    violations.append(f"prefill chunk: request {rid} got {n} tokens; allowed 1..{owed}"
+                                      f" (prefill {k}/{req.prefill_target} computed)")
+                    continue
+                n_prefill += 1
+                sum_c += n
+                sum_c2 += n * n
+                sum_ck += n * k
+                sum_k += k
+                if n == owed:
+                    n_emit += 1
+            else:
+                if n != 1:
+                    violations.append(f"decode: request {rid} got {n} tokens; a decode step processes "
+                                      "exactly 1")
+                    continue
+                n_decode += 1
+                n_emit += 1
+                sum_kv += k + 1
+            if req.status == WAITING:
+                admitted += 1
+            total += n
+            delta_blocks += -(-(k + n) // bs) - req.num_blocks
+            batch.append((req, n))
+
+        if total > cfg.max_num_batched_tokens:
+            violations.append(f"token budget: {total} tokens > max_num_batched_tokens "
+                              f"{cfg.max_num_batched_tokens}")
+        resident = len(running) - len(preempt) + admitted
+        if resident > cfg.max_num_seqs:
+            violations.append(f"sequence limit: {resident} resident requests after the step > "
+                              f"max_num_seqs {cfg.max_num_seqs}")
+        blocks_after = self.used_blocks - freed + delta_blocks
+        if blocks_after > cfg.num_kv_blocks:
+            violations.append(f"KV capacity: {blocks_after} blocks needed after the step > "
+                              f"{cfg.num_kv_blocks} blocks (block_size {bs}); preempt or shrink chunks")
+        if violations:
+            raise PlanError(violations, self.num_steps, self.now_s)
+
+        # ---- apply: preemptions first, then the batch
+        now = self.now_s
+        preempted_ids = []
+        for rid in preempt:
+            req = running.pop(rid)
+            self.used_blocks -= req.num_blocks
+            self.recomputed_tokens += req.num_computed
+            req.recomputed_tokens += req.num_computed
+            req.num_blocks = 0
+            req.num_computed = 0
+            req.prefill_target = req.prompt_len + req.num_generated
+            req.num_preemptions += 1
+            req.status = WAITING
+            self._waiting_preempted.appendleft(req)
+            self.num_preemptions += 1
+            preempted_ids.append(rid)
+
+        self.num_steps += 1
+        if not batch:
+            start = now
+            self._jump_to_next_arrival(stalled_ok=bool(preempt))
+            return StepResult(start, self.now_s, 0, [], [], preempted_ids, [], True, None)
+
+        shape = BatchShape(total, n_prefill, sum_c, sum_c2, sum_ck, sum_k, n_decode, sum_kv, n_emit)
+        latency = self.cost_model.batch_time(shape)
+        end = now + latency
+        emitted = []
+        finished = []
+        admitted_ids = []
+        used = self.used_blocks
+        for req, n in batch:
+            if req.status == WAITING:
+                self._remove_waiting(req)
+                req.status = RUNNING
+                running[req.rid] = req
+                admitted_ids.append(req.rid)
+                if req.admitted_s is None:
+                    req.admitted_s = now
+            if req.first_scheduled_s is None:
+                req.first_scheduled_s = now
+            req.last_scheduled_s = now
+            k = req.num_computed + n
+            req.num_computed = k
+            nb = -(-k // bs)
+            used += nb - req.num_blocks
+            req.num_blocks = nb
+            if k >= req.prefill_target:
+                req.num_generated += 1
+                req.token_times.append(end)
+                emitted.append(req.rid)
+                if req.num_generated >= req.output_len:
+                    req.status = FINISHED
+                    req.finish_s = end
+                    used -= nb
+                    req.num_blocks = 0
+                    del running[req.rid]
+                    self.finished.append(req)
+                    finished.append(req.rid)
+        self.processed_tokens += total
+        self.kv_block_seconds += blocks_after * latency
+        if blocks_after > self.max_used_blocks:
+            self.max_used_blocks = blocks_after
+        self.used_blocks = used
+        self.busy_s += latency
+        self.last_step_latency_s = latency
+        self.now_s = end
+        self._admit_arrivals()
+        if not running and not self._has_waiting():
+            self._jump_to_next_arrival(stalled_ok=True)
+        return StepResult(now, end, total, emitted, finished, preempted_ids, admitted_ids, False,
+                          shape)
+
+    # -------------------------------------------------------------- internals
+    def _remove_waiting(self, req: Request) -> None:
+        if self._waiting_new.pop(req.rid, None) is None:
+            self._waiting_preempted.remove(req)
+
+    def _admit_arrivals(self) -> None:
+        pending = self._pending
+        i = self._next_arrival
+        now = self.now_s
+        n = len(pending)
+        while i < n and pending[i].arrival_s <= now:
+            req = Request(pending[i])
+            self.requests[req.rid] = req
+            self._waiting_new[req.rid] = req
+            i += 1
+        self._next_arrival = i
+
+    def _jump_to_next_arrival(self, stalled_ok: bool = False) -> None:
+        nxt = self.next_arrival_s
+        if nxt is None:
+            if self.done or stalled_ok:
+                return
+            raise SchedulerStalled(
+                f"step {self.num_steps}: the plan was empty with {self.num_waiting} waiting and "
+                f"{len(self.running)} running requests and no future arrivals, so nothing would "
+                "ever change; a scheduler must run something when work is runnable")
+        if nxt > self.now_s:
+            self.now_s = nxt
+        self._admit_arrivals()
+
+    def _describe(self, rid: int) -> str:
+        req = self.requests.get(rid)
+        if req is None:
+            ids = {s.rid for s in self._pending[self._next_arrival:]}
+            return "not yet arrived" if rid in ids else "unknown id"
+        return {WAITING: "waiting", RUNNING: "running", FINISHED: "finished"}[req.status]
+
+    def _check_workload(self, specs: Sequence[RequestSpec]) -> None:
+        cfg = self.config
+        problems = []
+        seen = set()
+        for s in specs:
+            if s.rid in seen:
+                problems.append(f"request {s.rid}: duplicate id")
+            seen.add(s.rid)
+            total = s.prompt_len + s.output_len
+            if total > cfg.max_model_len:
+                problems.append(f"request {s.rid}: prompt {s.prompt_len} + output {s.output_len} = "
+                                f"{total} tokens > max_model_len {cfg.max_model_len}")
+            # The largest KV a request ever holds is prompt + output - 1 tokens.
+            need = self.blocks_for(total - 1)
+            if need > cfg.num_kv_blocks:
+                problems.append(f"request {s.rid}: needs {need} KV blocks ({total - 1} tokens) > "
+                                f"capacity {cfg.num_kv_blocks} blocks")
+            if len(problems) >= 10:
+                problems.append("... (stopped after 10)")
+                break
+        if problems:
+            raise WorkloadRejected(
+                "workload rejected before simulation:\n  - " + "\n  - ".join(problems) +
+                "\nUse a preset with more context/KV, or build the workload with "
+                "oversize='drop' or 'clip' (CLI: --oversize).")

@@ -1,0 +1,118 @@
+"""Serving metrics, per request and aggregate.
+
+Definitions (times in seconds):
+  * TTFT: first token's emission time - arrival.
+  * TBT gaps: differences between a request's consecutive token emission times.
+  * TPOT: (last token - first token) / (output tokens - 1), per request with >= 2 tokens.
+  * E2E: last token - arrival.
+  * SLO met: the request finished, TTFT <= its TTFT target, and the 99th percentile of its TBT gaps
+    (numpy's linear interpolation; no gaps = met) <= its TBT target. SLO attainment = requests met /
+    all requests of the workload (unfinished ones count as missed).
+  * GPU busy seconds = sum of step latencies x GPUs per replica (InferMax's GPU-cost measure).
+  * Recomputed tokens: KV tokens thrown away by preemption (recompute waste).
+  * KV utilisation: used blocks / capacity, averaged over busy time; peak in blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .request import Request
+
+SUMMARY_KEYS = ("num_requests", "num_finished", "slo_attainment", "ttft_p50_s", "ttft_p99_s", "tbt_p99_s",
+                "gpu_busy_s", "num_preemptions", "num_steps", "wall_s", "kv_capacity_blocks",
+                "max_kv_blocks_used")
+
+
+@dataclass(frozen=True)
+class RequestMetrics:
+    rid: int
+    slo_class: str
+    ttft_s: float
+    tbt_p99_s: float
+    tpot_s: float
+    e2e_s: float
+    num_preemptions: int
+    slo_met: bool
+
+
+def request_metrics(req: Request) -> RequestMetrics:
+    """Metrics of one request (NaN where undefined, e.g. TTFT of an unfinished request)."""
+    times = req.token_times
+    nan = float("nan")
+    if not times:
+        return RequestMetrics(req.rid, req.spec.slo_class, nan, nan, nan, nan, req.num_preemptions, False)
+    ttft = times[0] - req.arrival_s
+    if len(times) > 1:
+        gaps = np.diff(times)
+        tbt99 = float(np.percentile(gaps, 99))
+        tpot = (times[-1] - times[0]) / (len(times) - 1)
+    else:
+        tbt99 = 0.0
+        tpot = nan
+    done = req.num_generated >= req.output_len
+    e2e = times[-1] - req.arrival_s if done else nan
+    met = done and ttft <= req.ttft_slo_s and tbt99 <= req.tbt_slo_s
+    return RequestMetrics(req.rid, req.spec.slo_class, ttft, tbt99, tpot, e2e, req.num_preemptions, met)
+
+
+def slo_met(req: Request) -> bool:
+    return request_metrics(req).slo_met
+
+
+def _pct(values, q) -> float:
+    a = np.asarray([v for v in values if v == v])
+    return float(np.percentile(a, q)) if a.size else float("nan")
+
+
+def summarize(engine, wall_s: float = 0.0) -> dict:
+    """Aggregate metrics of an engine's run (finished or not). Keys: see SUMMARY_KEYS and more."""
+    reqs = list(engine.requests.values())
+    per = [request_metrics(r) for r in reqs]
+    gaps = [np.diff(r.token_times) for r in reqs if len(r.token_times) > 1]
+    all_gaps = np.concatenate(gaps) if gaps else np.array([])
+    n_total = engine.num_requests
+    met = sum(m.slo_met for m in per)
+    out_tokens = sum(r.num_generated for r in reqs)
+    makespan = engine.now_s
+    cfg = engine.config
+    by_class: dict[str, list[bool]] = {}
+    for m in per:
+        by_class.setdefault(m.slo_class, []).append(m.slo_met)
+    s = {
+        "num_requests": n_total,
+        "num_finished": len(engine.finished),
+        "slo_attainment": met / n_total if n_total else float("nan"),
+        "slo_attainment_by_class": {k: sum(v) / len(v) for k, v in sorted(by_class.items())},
+        "num_slo_met": met,
+        "ttft_p50_s": _pct([m.ttft_s for m in per], 50),
+        "ttft_p90_s": _pct([m.ttft_s for m in per], 90),
+        "ttft_p99_s": _pct([m.ttft_s for m in per], 99),
+        "tbt_p50_s": float(np.percentile(all_gaps, 50)) if all_gaps.size else float("nan"),
+        "tbt_p90_s": float(np.percentile(all_gaps, 90)) if all_gaps.size else float("nan"),
+        "tbt_p99_s": float(np.percentile(all_gaps, 99)) if all_gaps.size else float("nan"),
+        "tpot_p50_s": _pct([m.tpot_s for m in per], 50),
+        "tpot_p99_s": _pct([m.tpot_s for m in per], 99),
+        "e2e_p50_s": _pct([m.e2e_s for m in per], 50),
+        "e2e_p90_s": _pct([m.e2e_s for m in per], 90),
+        "e2e_p99_s": _pct([m.e2e_s for m in per], 99),
+        "busy_s": engine.busy_s,
+        "gpu_busy_s": engine.busy_s * cfg.num_gpus,
+        "num_gpus": cfg.num_gpus,
+        "num_preemptions": engine.num_preemptions,
+        "recomputed_tokens": engine.recomputed_tokens,
+        "processed_tokens": engine.processed_tokens,
+        "recompute_fraction": engine.recomputed_tokens / max(1, engine.processed_tokens),
+        "output_tokens": out_tokens,
+        "makespan_s": makespan,
+        "throughput_tok_s": out_tokens / makespan if makespan > 0 else float("nan"),
+        "request_throughput_s": len(engine.finished) / makespan if makespan > 0 else float("nan"),
+        "num_steps": engine.num_steps,
+        "wall_s": wall_s,
+        "steps_per_s": engine.num_steps / wall_s if wall_s > 0 else float("nan"),
+        "kv_capacity_blocks": cfg.num_kv_blocks,
+        "max_kv_blocks_used": engine.max_used_blocks,
+        "kv_util_mean": engine.kv_block_seconds / (engine.busy_s * cfg.num_kv_blocks) if engine.busy_s else 0.0,
+    }
+    return s
