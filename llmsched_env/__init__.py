@@ -1,6 +1,6 @@
 """llmsched_env: a serving engine, a calibrated batch cost model, workloads, metrics, the
 Scheduler protocol, and the Gymnasium environment around them."""
-from .cost_model import BatchShape, CalibratedCostModel, CostModel, InferMaxCostModel
+from .cost_model import BatchShape, CalibratedCostModel, CostModel, InferMaxCostModel, LinearCostModel
 from .engine import Engine, EngineConfig, SchedulerStalled, StepResult, WorkloadRejected
 from .plan import BatchPlan, PlanError
 from .presets import Preset, get_preset, list_presets
@@ -11,7 +11,7 @@ from .workload import SLOClass, TraceError, WorkloadConfig, build_workload, load
 
 __version__ = "0.1.0"
 __all__ = ["BatchPlan", "BatchShape", "CalibratedCostModel", "CostModel", "Engine", "EngineConfig",
-           "InferMaxCostModel", "PlanError", "Preset", "Request", "RequestSpec", "SLOClass", "Scheduler",
+           "InferMaxCostModel", "LinearCostModel", "PlanError", "Preset", "Request", "RequestSpec", "SLOClass", "Scheduler",
            "SchedulerStalled", "StepResult", "TraceError", "WorkloadConfig", "WorkloadRejected",
            "available_schedulers", "build_workload", "get_preset", "goodput", "list_presets", "load_trace",
            "make_scheduler", "register", "run", "simulate"]

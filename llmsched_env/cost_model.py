@@ -330,3 +330,31 @@ class InferMaxCostModel:
         d = asdict(self)
         d["kind"] = "infermax"
         return d
+
+
+@dataclass(frozen=True)
+class LinearCostModel:
+    """A cost model linear in the batch's composition, seconds:
+
+        base_s + per_token_s x N + per_prefill_pair_s x (sum c*k + sum c(c+1)/2)
+               + per_kv_s x decode KV + per_seq_s x (#prefills + #decodes)
+
+    For tests and tiny exact instances (the CP-SAT model represents it without approximation);
+    not calibrated to any GPU.
+    """
+
+    base_s: float = 0.01
+    per_token_s: float = 1e-4
+    per_prefill_pair_s: float = 0.0
+    per_kv_s: float = 0.0
+    per_seq_s: float = 0.0
+
+    def batch_time(self, s: BatchShape) -> float:
+        pairs = s.prefill_ck + 0.5 * (s.prefill_c2 + s.prefill_tokens)
+        return (self.base_s + self.per_token_s * s.num_tokens + self.per_prefill_pair_s * pairs
+                + self.per_kv_s * s.decode_kv + self.per_seq_s * (s.num_prefills + s.num_decodes))
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["kind"] = "linear"
+        return d

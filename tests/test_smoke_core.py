@@ -1,0 +1,11 @@
+from tests.conftest import make_engine, spec
+
+from llmsched_env import BatchPlan, make_scheduler, run
+
+
+def test_fcfs_runs_hand_workload_to_completion():
+    eng = make_engine([spec(0, prompt=10, output=3), spec(1, arrival=0.05, prompt=6, output=2)])
+    s = run(eng, make_scheduler("fcfs"))
+    assert s["num_finished"] == 2
+    assert all(r.num_generated == r.output_len for r in eng.finished)
+    assert eng.used_blocks == 0
