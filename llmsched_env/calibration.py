@@ -194,7 +194,7 @@ def token_models_ms_to_s(layer: PiecewiseLinear, emb: PiecewiseLinear) -> tuple[
 
 
 def load_allreduce_profile(path: str | Path, num_workers: int) -> tuple[list[float], list[float]]:
-    """(sizes in bytes, median times in seconds) of a Vidur ``all_reduce.csv`` for ``num_workers``
+    """(sizes in bytes, isotonic-fitted median times in seconds) of a Vidur ``all_reduce.csv`` for ``num_workers``
     GPUs all in one node (rows whose ``devices_per_node`` equals ``num_workers``, where that column
     exists): tensor parallelism never spans nodes, and cross-node rows are an order slower."""
     path = Path(path)
@@ -214,4 +214,6 @@ def load_allreduce_profile(path: str | Path, num_workers: int) -> tuple[list[flo
     if not by:
         raise ProfileError(f"{path}: no all-reduce rows for num_workers={num_workers}")
     sizes = sorted(by)
-    return sizes, [statistics.median(by[s]) for s in sizes]
+    # Medians wobble with size at small messages; a monotone fit keeps step time monotone in tokens.
+    times = isotonic_regression([statistics.median(by[s]) for s in sizes], increasing=True).x
+    return sizes, [max(float(t), 1e-7) for t in times]

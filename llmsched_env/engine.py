@@ -251,6 +251,8 @@ class Engine:
                               f"{cfg.num_kv_blocks} blocks (block_size {bs}); preempt or shrink chunks")
         if violations:
             raise PlanError(violations, self.num_steps, self.now_s)
+        if not batch and not preempt and self.next_arrival_s is None and not self.done:
+            self._jump_to_next_arrival()  # raises SchedulerStalled, before any state changes
 
         # ---- apply: preemptions first, then the batch
         now = self.now_s

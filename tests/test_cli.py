@@ -1,0 +1,65 @@
+"""The llmsched CLI end to end (small runs)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmsched_env.cli import main
+from llmsched_env.metrics import SUMMARY_KEYS
+
+
+def test_simulate_writes_json(shared_data, tmp_path):
+    out = tmp_path / "m.json"
+    rc = main(["simulate", "--scheduler", "fcfs", "--preset", "h100-llama3-8b", "--trace", "splitwise_conv",
+               "--num-requests", "300", "--window-start", "0", "--rate-scale", "2", "--json", str(out),
+               "--no-progress"])
+    assert rc == 0
+    s = json.loads(out.read_text())
+    assert set(SUMMARY_KEYS) <= set(s)
+    assert s["num_requests"] == s["num_finished"] == 300
+
+
+def test_simulate_is_deterministic(tmp_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"{i}.json"
+        main(["simulate", "--synthetic", "--lengths", "lognormal", "--rate", "8", "--num-requests", "200",
+              "--preset", "infermax-a100-llama2-7b", "--seed", "3", "--json", str(out), "--no-progress"])
+        s = json.loads(out.read_text())
+        s.pop("wall_s"), s.pop("steps_per_s")
+        outs.append(s)
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["simulate", "--preset", "nope"], "unknown preset 'nope'"),
+    (["simulate", "--scheduler", "nope", "--synthetic", "--num-requests", "5"], "unknown scheduler 'nope'"),
+    (["simulate", "--trace", "/nonexistent.csv"], "trace not found"),
+    (["simulate", "--synthetic", "--num-requests", "0"], "--num-requests must be >= 1"),
+    (["simulate", "--synthetic", "--num-requests", "5", "--token-budget", "0"], "max_num_batched_tokens=0"),
+])
+def test_bad_input_fails_clearly(args, msg):
+    r = subprocess.run([sys.executable, "-m", "llmsched_env.cli", *args], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert msg in r.stderr
+
+
+def test_oversize_request_rejected_with_numbers(shared_data):
+    r = subprocess.run([sys.executable, "-m", "llmsched_env.cli", "simulate", "--preset", "h100-llama2-7b",
+                        "--trace", "splitwise_conv", "--num-requests", "400", "--window-start", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "> max_model_len 4096" in r.stderr and "--oversize" in r.stderr
+
+
+def test_goodput_sweep(tmp_path):
+    out = tmp_path / "g.json"
+    rc = main(["goodput", "--synthetic", "--lengths", "fixed", "--prompt-len", "256", "--output-len", "64",
+               "--num-requests", "150", "--preset", "infermax-a100-llama2-7b", "--rates", "1,4,16,64,256",
+               "--slo-ttft", "0.5", "--slo-tbt", "0.1", "--json", str(out)])
+    assert rc == 0
+    g = json.loads(out.read_text())
+    pts = dict(map(tuple, g["points"]))
+    assert pts[1.0] >= 0.9 and g["goodput"] >= 1.0
+    assert not g["saturated_at_max"] and min(pts.values()) < 0.9
