@@ -40,6 +40,8 @@ def test_simulate_is_deterministic(tmp_path):
     (["simulate", "--synthetic", "--num-requests", "5", "--token-budget", "0"], "max_num_batched_tokens=0"),
 ])
 def test_bad_input_fails_clearly(args, msg):
+    if "--preset" not in args:  # a preset that needs no reference data
+        args = [*args, "--preset", "infermax-a100-llama2-7b"]
     r = subprocess.run([sys.executable, "-m", "llmsched_env.cli", *args], capture_output=True, text=True)
     assert r.returncode != 0
     assert msg in r.stderr
