@@ -15,7 +15,7 @@ Attention is ``torch.nn.functional.scaled_dot_product_attention`` over a KV tens
 layer: requests with the same (chunk c, context k) form one group and run as one batched SDPA
 call, so there is no padding; a composition with several distinct (c, k) pairs loops over its
 groups (the grid keeps their number small). A prefill chunk over k cached tokens uses the
-bottom-right-aligned causal mask (``causal_lower_right``); a chunk with k = 0 is plainly causal; a
+bottom-right-aligned causal mask (``causal_lower_right`` on CUDA, the same boolean mask on CPU); a chunk with k = 0 is plainly causal; a
 decode (c = 1) attends to all k + 1 keys. GQA is native (``enable_gqa``).
 
 Fewer layers than the model has are timed, and the result scaled: every composition is timed with
@@ -202,9 +202,8 @@ def build_decoder(shape: ModelShape, num_layers: int, device: str, dtype, seed: 
             self.lm_head = nn.Linear(h, shape.vocab_size, bias=False)
 
     gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.device("meta"):
+    with torch.device(device):
         model = Decoder().to(dtype)
-    model = model.to_empty(device=device)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -224,7 +223,6 @@ class PreparedBatch:
     def __init__(self, comp: Composition, shape: ModelShape, num_layers: int, device: str, dtype,
                  rope_theta: float = 500000.0, seed: int = 0):
         torch = _torch()
-        from torch.nn.attention.bias import causal_lower_right
         gen = torch.Generator(device="cpu").manual_seed(seed)
         gen_dev = torch.Generator(device=device).manual_seed(seed)
         d, hkv = shape.head_dim, shape.num_kv_heads
@@ -232,7 +230,7 @@ class PreparedBatch:
         positions, emit_rows, row = [], [], 0
         for (c, k, e), b in _counts(comp.prefills).items():
             causal = k == 0 and c > 1
-            mask = causal_lower_right(c, k + c) if (k > 0 and c > 1) else None
+            mask = _lower_right_causal(c, k, device) if (k > 0 and c > 1) else None
             self.groups.append((b, c, k, mask, causal))
             for _ in range(b):
                 positions.extend(range(k, k + c))
@@ -262,6 +260,18 @@ class PreparedBatch:
                 per.append(tuple(torch.randn(size, generator=gen_dev, device=device, dtype=dtype)
                                  for _ in range(2)))
             self.kv.append(per)
+
+
+def _lower_right_causal(c: int, k: int, device: str):
+    """Mask for a c-token chunk after k cached tokens: query i sees keys 0 .. k + i. On CUDA the
+    ``causal_lower_right`` bias (SDPA runs it in the flash kernel, without a mask tensor); on CPU
+    the same mask as a boolean tensor (the CPU kernels materialise it anyway, and the bias module
+    imports torch._dynamo, seconds of start-up)."""
+    torch = _torch()
+    if device.startswith("cuda"):
+        from torch.nn.attention.bias import causal_lower_right
+        return causal_lower_right(c, k + c)
+    return torch.ones(c, k + c, dtype=torch.bool, device=device).tril(diagonal=k)
 
 
 def _rope(x, cos, sin):
@@ -476,6 +486,10 @@ def profile(cfg: ProfileConfig, timer: Callable | None = None) -> dict:
             for nl in ([fewer, layers] + ([check] if i in check_idx else [])):
                 ts = time_fn(lambda: forward(model, batch, shape, nl), warmup, repeats)
                 med[nl] = statistics.median(ts)
+            if med[layers] <= med[fewer]:  # timing noise swamped the extra layers: time both again, longer
+                for nl in (fewer, layers):
+                    ts = time_fn(lambda: forward(model, batch, shape, nl), warmup, 2 * repeats + 1)
+                    med[nl] = statistics.median(ts)
             per_layer = (med[layers] - med[fewer]) / (layers - fewer)
             fixed = med[fewer] - fewer * per_layer
             s = comp.shape
@@ -511,6 +525,7 @@ def profile(cfg: ProfileConfig, timer: Callable | None = None) -> dict:
         "attention": "torch scaled_dot_product_attention per (chunk, context) group over a KV tensor; "
                      "lower-right causal mask for chunks over cached context",
         "grid": {"quick": cfg.quick, "max_tokens": cfg.max_tokens, "compositions": len(rows),
+                 "labels": [r["composition"] for r in rows],
                  "by_kind": _counts(r["kind"] for r in rows), "skipped_for_memory": skipped,
                  "memory_budget_bytes": budget},
         "scaling_check": {"layers": check, "points": checks,
