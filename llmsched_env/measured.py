@@ -496,7 +496,8 @@ def load_measured_preset(path: str | Path, name: str | None = None):
 def calibrate_measurements(folder: str | Path, holdout_every: int = 4, name: str | None = None,
                            out: str | Path | None = None) -> dict:
     """Fit, evaluate on held-out compositions, compare attention with the analytic model, and save
-    the preset JSON (to ``out``, default ``<measured presets dir>/<name>.json``). Returns the report."""
+    the preset JSON (to ``out``, default ``<measured presets dir>/<name>.json``). Returns the report
+    (``saved`` = the path, or None with ``not_saved`` = why, e.g. a model too big for one GPU)."""
     from .presets import MEASURED_PRESETS_DIR
     m = load_measurements(folder)
     held = heldout_mask(m.kinds, holdout_every)
@@ -518,13 +519,17 @@ def calibrate_measurements(folder: str | Path, holdout_every: int = 4, name: str
     name = name or default_name(m.manifest)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
-    doc = preset_document(name, model, m, report)
+    report["preset"] = name
+    report["_model"] = model
+    try:
+        doc = preset_document(name, model, m, report)
+    except ValueError as e:  # e.g. the weights do not fit one GPU: no TP-1 KV capacity
+        report["saved"], report["not_saved"] = None, str(e)
+        return report
     path = Path(out) if out else MEASURED_PRESETS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
-    report["preset"] = name
     report["saved"] = str(path)
-    report["_model"] = model
     return report
 
 
@@ -561,9 +566,10 @@ def cmd_calibrate_measurements(a) -> int:
     from rich.table import Table
     r = calibrate_measurements(a.measurements, getattr(a, "holdout_every", 4) or 4, a.name, a.out)
     r.pop("_model")
+    status = 0 if r["saved"] else 2
     if a.json:
         print(json.dumps(r, indent=2, default=str))
-        return 0
+        return status
     con = Console()
     con.print(r["split"] + "; APE vs the full-model time (full) and vs the time at the deepest layer count "
               "timed (timed)")
@@ -594,5 +600,8 @@ def cmd_calibrate_measurements(a) -> int:
     con.print(f"overhead {c['overhead_s'] * 1e3:.4g} ms/step, embedding {c['emb_tokens']['tail_slope_s_per_token'] * 1e9:.4g} "
               f"ns/token, per-layer token table {len(c['layer_tokens']['knots'])} knots, "
               f"LM head table {len(c['lm_head']['knots'])} knots")
-    con.print(f"saved preset [bold]{r['preset']}[/] -> {r['saved']}")
-    return 0
+    if r["saved"]:
+        con.print(f"saved preset [bold]{r['preset']}[/] -> {r['saved']}")
+    else:
+        con.print(f"[red]error:[/] preset {r['preset']} not saved: {r['not_saved']} (measured presets are TP 1)")
+    return status

@@ -361,14 +361,15 @@ class ProfileConfig:
         model_shape: model name, preset name or config.json (see ``resolve_shape``).
         device: "cuda", "cuda:N" or "cpu".
         out: output folder (gets measurements.csv and manifest.json).
-        layers: deepest layer count timed (default min(4, model layers)); also timed:
+        layers: deepest layer count timed (default min(8, model layers) on CUDA, min(4, ...) on
+            CPU); also timed:
             layers // 2 (the scaling fit) and layers + layers // 2 (the scaling check).
         quick: the small grid.
         dtype: "bf16", "fp16" or "fp32" (default bf16 on CUDA, fp32 on CPU).
         warmup, repeats: passes before timing, and timed passes per composition and layer count.
         max_tokens: largest batch of the grid, tokens.
         max_memory_gb: skip compositions whose KV + activations would exceed this (default: 70%
-            of free GPU memory, or 4 GB on CPU).
+            of free GPU memory less the timed layers' weights, or 4 GB on CPU).
         scaling_checks: how many compositions get the third layer count.
         seed: weights, token ids and KV contents.
     """
@@ -437,7 +438,7 @@ def profile(cfg: ProfileConfig, timer: Callable | None = None) -> dict:
     if dtype_name not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)} (got {dtype_name!r})")
     dtype = getattr(torch, DTYPES[dtype_name])
-    layers = cfg.layers if cfg.layers is not None else min(4, shape.num_layers)
+    layers = cfg.layers if cfg.layers is not None else min(8 if on_cuda else 4, shape.num_layers)
     if not 2 <= layers <= shape.num_layers:
         raise ValueError(f"--layers must be between 2 and the model's {shape.num_layers} layers (got {layers}); "
                          "two layer counts (layers and layers // 2) are timed to separate per-layer time")
@@ -455,12 +456,17 @@ def profile(cfg: ProfileConfig, timer: Callable | None = None) -> dict:
         budget = 4e9
     elem = torch.finfo(dtype).bits // 8
     grid = build_grid(shape.max_model_len, cfg.quick, cfg.max_tokens)
-    skipped = [g.label for g in grid if _batch_bytes(g, shape, check, elem) > budget]
-    grid = [g for g in grid if _batch_bytes(g, shape, check, elem) <= budget]
+    weights = (shape.num_params - (shape.num_layers - check) * (shape.num_params - 2 * shape.vocab_size
+               * shape.hidden_size) / shape.num_layers) * elem
+    budget -= weights if on_cuda else 0.0
+    skipped = [g.label for g in grid if _batch_bytes(g, shape, layers, elem) > budget]
+    grid = [g for g in grid if _batch_bytes(g, shape, layers, elem) <= budget]
     if not grid:
         raise ValueError(f"no composition of the grid fits {budget / 1e9:.1f} GB; raise --max-memory-gb")
-    step = max(1, len(grid) // max(1, cfg.scaling_checks))
-    check_idx = set(range(step // 2, len(grid), step)) if cfg.scaling_checks > 0 else set()
+    # Scaling checks: spread over the grid, among compositions whose KV fits at the check depth.
+    fits = [i for i, g in enumerate(grid) if _batch_bytes(g, shape, check, elem) <= budget]
+    step = max(1, len(fits) // max(1, cfg.scaling_checks))
+    check_idx = set(fits[step // 2::step][:cfg.scaling_checks]) if cfg.scaling_checks > 0 else set()
 
     torch.manual_seed(cfg.seed)
     model = build_decoder(shape, check, dev, dtype, cfg.seed)
@@ -578,8 +584,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model-shape", required=True, help="model (llama3-8b), preset (h100-llama3-8b) or config.json")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     p.add_argument("--out", required=True, help="output folder (measurements.csv, manifest.json)")
-    p.add_argument("--layers", type=int, help="layers timed (default min(4, model layers)); layers // 2 is "
-                                              "timed too, and the full model's time extrapolated")
+    p.add_argument("--layers", type=int, help="layers timed (default 8 on CUDA, 4 on CPU, at most the "
+                                              "model's); layers // 2 is timed too, and the full model's "
+                                              "time extrapolated")
     p.add_argument("--quick", action="store_true", help="small grid of small batches (smoke test)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on CUDA, fp32 on CPU")
     p.add_argument("--warmup", type=int, help="untimed passes per composition (default 3; 1 with --quick)")

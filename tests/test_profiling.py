@@ -245,3 +245,16 @@ def test_grid_respects_limits():
     assert kinds.count("mixed") >= 20 and kinds.count("decode") >= 30 and kinds.count("prefill") >= 30
     assert len({c.label for c in full}) == len(full)
     assert np.all([c.shape.num_emit == sum(e for *_, e in c.prefills) + len(c.decodes) for c in full])
+
+
+def test_model_too_big_for_one_gpu_is_fitted_but_not_saved(tmp_path):
+    big = ModelShape("big", 80, 8192, 64, 8, 28672, 128256, 8192)
+    synthetic_measurements(known_model(80), profiling.build_grid(512, quick=True), tmp_path / "big", big,
+                           device="cuda")
+    man = json.loads((tmp_path / "big" / "manifest.json").read_text())
+    man["device_name"] = "NVIDIA H100 80GB HBM3"
+    (tmp_path / "big" / "manifest.json").write_text(json.dumps(man))
+    r = calibrate_measurements(tmp_path / "big", out=tmp_path / "big.json")
+    assert r["saved"] is None and "raise the tensor-parallel degree" in r["not_saved"]
+    assert r["preset"] == "h100-synthetic-measured" and not (tmp_path / "big.json").exists()
+    assert r["attention_comparison"]["matched_device"] and r["attention_comparison"]["gpu"] == "h100"
