@@ -32,7 +32,6 @@ import csv
 import json
 import math
 import re
-import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
