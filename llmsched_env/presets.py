@@ -13,6 +13,7 @@ Kinds:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -240,13 +241,19 @@ def _build(name: str) -> Preset:
 
 def get_preset(name: str, gpu_memory_utilization: float | None = None, num_kv_blocks: int | None = None) -> Preset:
     """Build a preset by name (cached). ``name`` may also be ``shape:<config.json>@<gpu>[:tp]``
-    for an uncalibrated preset of any HuggingFace-config model.
+    for an uncalibrated preset of any HuggingFace-config model, or a measured preset: a JSON
+    written by ``llmsched calibrate --measurements`` given by path or by file name (without
+    ``.json``) in a measured-presets folder (see ``measured_preset_path``).
 
     Args:
         gpu_memory_utilization: recompute KV capacity at this share of GPU memory (default 0.9).
         num_kv_blocks: override the KV capacity directly, blocks.
     """
-    if name.startswith("shape:"):
+    measured = measured_preset_path(name)
+    if measured is not None:
+        from .measured import load_measured_preset
+        preset = load_measured_preset(measured, None if name.endswith(".json") else name)
+    elif name.startswith("shape:"):
         spec = name[len("shape:"):]
         path, _, rest = spec.partition("@")
         gpu, _, tp = rest.partition(":")
@@ -256,7 +263,7 @@ def get_preset(name: str, gpu_memory_utilization: float | None = None, num_kv_bl
     else:
         if name not in PRESETS:
             raise UnknownPreset(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))} "
-                                "(or shape:<config.json>@<gpu>[:tp])")
+                                "(or shape:<config.json>@<gpu>[:tp], or a measured preset .json)")
         preset = _build(name)
     if gpu_memory_utilization is not None:
         preset = replace(preset, num_kv_blocks=kv_capacity_blocks(preset.shape, preset.gpu, preset.tp,
@@ -268,5 +275,26 @@ def get_preset(name: str, gpu_memory_utilization: float | None = None, num_kv_bl
     return preset
 
 
+MEASURED_PRESETS_DIR = Path(__file__).parent / "measured_presets"
+
+
+def measured_preset_dirs() -> list[Path]:
+    """Folders searched for measured presets by name: ``$LLMSCHED_MEASURED_PRESETS``
+    (``os.pathsep``-separated) first, then the package's ``measured_presets``."""
+    env = os.environ.get("LLMSCHED_MEASURED_PRESETS", "")
+    return [Path(p) for p in env.split(os.pathsep) if p] + [MEASURED_PRESETS_DIR]
+
+
+def measured_preset_path(name: str) -> Path | None:
+    """The JSON file of a measured preset: ``name`` itself when it ends in .json, else
+    ``<dir>/<name>.json`` in the first measured-presets folder holding it; None if neither."""
+    if name.endswith(".json"):
+        return Path(name)
+    if name in PRESETS:
+        return None
+    return next((d / f"{name}.json" for d in measured_preset_dirs() if (d / f"{name}.json").is_file()), None)
+
+
 def list_presets() -> list[str]:
-    return sorted(PRESETS)
+    measured = {p.stem for d in measured_preset_dirs() if d.is_dir() for p in d.glob("*.json")}
+    return sorted(set(PRESETS) | measured)

@@ -1,0 +1,606 @@
+"""A cost model fitted to real step measurements: ``llmsched calibrate --measurements DIR``.
+
+``llmsched profile`` (``profiling.py``) times each batch composition with two layer counts l.
+The fitted model has the terms of ``CalibratedCostModel``, all from the measurements:
+
+    T(l) = fixed + l x per_layer
+    fixed     = overhead_s + emb_tokens(N) + lm_head(num_emit)          (once per step)
+    per_layer = layer_tokens(N) + attention.prefill_s + attention.decode_s
+    attention.prefill_s = prefill_pair_s x sum(c*k + c(c+1)/2) + prefill_kv_s x sum(k + c)
+                          + prefill_seq_s x #prefills
+    attention.decode_s  = decode_kv_s x sum(k + 1) + decode_seq_s x #decodes
+
+and ``batch_time`` = T(model layers). ``layer_tokens`` and ``lm_head`` are monotone piecewise-linear
+tables (knots at up to 12 / 6 token counts of the data, log-spaced; slope past the last knot =
+the last segment's), ``emb_tokens`` is linear. Attention is a sum of a compute term (query x key
+pairs, causal) and a memory term (KV tokens read), where the analytic ``AttentionModel`` takes the
+max of the two; the comparison printed by ``calibrate`` converts both to effective FLOP/s and
+bytes/s.
+
+The fit: non-negative least squares on relative error (every coefficient >= 0, which also makes
+the tables non-decreasing), over both layer counts of every fitted composition at once.
+
+Held-out split: in grid order, every K-th composition of each kind (prefill-only, decode-only,
+mixed; indices K-1, 2K-1, ...; K = ``--holdout-every``, default 4) is held out of the fit. The
+errors reported are on held-out compositions, per kind, against the full-model time that the
+profiler extrapolated from its two layer counts, and against the time measured at the deepest
+layer count (no extrapolation).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import nnls
+
+from .cost_model import BatchShape, PiecewiseLinear
+from .hardware import GPUS, GPUSpec, ModelShape, kv_capacity_blocks
+from .profiling import CSV_COLUMNS, MANIFEST_JSON, MEASUREMENTS_CSV, SHAPE_FIELDS, write_measurements
+
+PRESET_FORMAT = "llmsched-measured-preset/1"
+KINDS = ("prefill", "decode", "mixed")
+MAX_TOKEN_KNOTS = 12
+MAX_EMIT_KNOTS = 6
+
+
+class MeasurementError(ValueError):
+    """A missing, malformed or unusable measurements folder or measured preset."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def _pairs(s: BatchShape) -> float:
+    return s.prefill_ck + 0.5 * (s.prefill_c2 + s.prefill_tokens)
+
+
+@dataclass
+class MeasuredAttention:
+    """Per-layer attention time, seconds, from measured coefficients (see the module docstring).
+
+    Attributes:
+        prefill_pair_s: per causal (query token x key token) pair of a prefill chunk.
+        prefill_kv_s: per KV token a prefill chunk reads (its context plus its chunk).
+        prefill_seq_s: per prefill request.
+        decode_kv_s: per KV token a decode attends to (k + 1).
+        decode_seq_s: per decode request.
+    """
+
+    prefill_pair_s: float
+    prefill_kv_s: float
+    prefill_seq_s: float
+    decode_kv_s: float
+    decode_seq_s: float
+    source: str = "fitted to measurements"
+
+    def prefill_s(self, s: BatchShape) -> float:
+        if not s.num_prefills:
+            return 0.0
+        return (self.prefill_pair_s * _pairs(s) + self.prefill_kv_s * (s.prefill_ctx + s.prefill_tokens)
+                + self.prefill_seq_s * s.num_prefills)
+
+    def decode_s(self, s: BatchShape) -> float:
+        if not s.num_decodes:
+            return 0.0
+        return self.decode_kv_s * s.decode_kv + self.decode_seq_s * s.num_decodes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pl_from_dict(d: dict) -> PiecewiseLinear:
+    return PiecewiseLinear(d["knots"], d["values_s"], d["tail_slope_s_per_token"])
+
+
+@dataclass
+class MeasuredCostModel:
+    """The cost model fitted by ``calibrate --measurements`` (CostModel protocol; seconds).
+
+    Attributes:
+        num_layers: transformer layers L of the model.
+        layer_tokens: per-layer token-level time vs batch tokens N (projections, MLP, norms, rope).
+        emb_tokens: embedding time vs N (once per step).
+        lm_head: final norm + LM head + argmax time vs rows emitting a token (0 when none).
+        attention: per-layer attention.
+        overhead_s: fixed per-step time (launches, Python), seconds.
+        provenance: where the numbers come from.
+    """
+
+    num_layers: int
+    layer_tokens: PiecewiseLinear
+    emb_tokens: PiecewiseLinear
+    lm_head: PiecewiseLinear
+    attention: MeasuredAttention
+    overhead_s: float
+    provenance: dict = field(default_factory=dict)
+
+    def token_level_s(self, n: int) -> float:
+        """Token-level layers x L + embedding, seconds."""
+        return self.num_layers * self.layer_tokens(n) + self.emb_tokens(n)
+
+    def lm_head_s(self, num_emit: int) -> float:
+        return self.lm_head(num_emit) if num_emit > 0 else 0.0
+
+    def fixed_s(self, s: BatchShape) -> float:
+        """The part of a step that does not grow with the layer count, seconds."""
+        return self.overhead_s + self.emb_tokens(s.num_tokens) + self.lm_head_s(s.num_emit)
+
+    def per_layer_s(self, s: BatchShape) -> float:
+        """One layer's time for this batch, seconds."""
+        att = self.attention
+        return self.layer_tokens(s.num_tokens) + att.prefill_s(s) + att.decode_s(s)
+
+    def time_at(self, s: BatchShape, layers: int) -> float:
+        """Step time of the model truncated to ``layers`` layers, seconds."""
+        return self.fixed_s(s) + layers * self.per_layer_s(s)
+
+    def batch_time(self, s: BatchShape) -> float:
+        return self.time_at(s, self.num_layers)
+
+    def terms(self, s: BatchShape) -> dict:
+        """The step time split as in ``CalibratedCostModel``, seconds."""
+        att, L = self.attention, self.num_layers
+        return {"overhead_s": self.overhead_s, "token_level_s": self.token_level_s(s.num_tokens),
+                "lm_head_s": self.lm_head_s(s.num_emit), "attn_prefill_s": L * att.prefill_s(s),
+                "attn_decode_s": L * att.decode_s(s)}
+
+    def describe(self) -> dict:
+        return {"kind": "measured", "num_layers": self.num_layers, "tp": 1, "overhead_s": self.overhead_s,
+                "layer_tokens": self.layer_tokens.to_dict(), "emb_tokens": self.emb_tokens.to_dict(),
+                "lm_head": self.lm_head.to_dict(), "attention": self.attention.to_dict(),
+                "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MeasuredCostModel":
+        """Inverse of ``describe()``."""
+        att = {k: v for k, v in d["attention"].items()}
+        return cls(num_layers=int(d["num_layers"]), layer_tokens=_pl_from_dict(d["layer_tokens"]),
+                   emb_tokens=_pl_from_dict(d["emb_tokens"]), lm_head=_pl_from_dict(d["lm_head"]),
+                   attention=MeasuredAttention(**att), overhead_s=float(d["overhead_s"]),
+                   provenance=dict(d.get("provenance", {})))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading measurements
+
+
+@dataclass
+class Measurements:
+    """One profiler run: rows of (kind, BatchShape, seconds at two layer counts, full-model seconds)."""
+
+    folder: Path
+    manifest: dict
+    kinds: list[str]
+    shapes: list[BatchShape]
+    seconds: np.ndarray
+    layers_timed: np.ndarray
+    seconds_fewer: np.ndarray
+    layers_fewer: np.ndarray
+    seconds_full: np.ndarray
+    labels: list[str]
+
+    @property
+    def model_layers(self) -> int:
+        return int(self.manifest["model_layers"])
+
+
+def load_measurements(folder: str | Path) -> Measurements:
+    """Read and check ``measurements.csv`` and ``manifest.json`` written by ``llmsched profile``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"measurements folder not found: {folder}; run `llmsched profile "
+                                f"--model-shape ... --out {folder}` first")
+    csv_path, man_path = folder / MEASUREMENTS_CSV, folder / MANIFEST_JSON
+    for p in (csv_path, man_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: {folder} is not a folder written by `llmsched profile`")
+    try:
+        manifest = json.loads(man_path.read_text())
+    except json.JSONDecodeError as e:
+        raise MeasurementError(f"{man_path}: not valid JSON ({e})") from None
+    for k in ("shape", "model_layers", "device"):
+        if k not in manifest:
+            raise MeasurementError(f"{man_path}: missing key {k!r}")
+    num_cols = SHAPE_FIELDS + ["seconds", "layers_timed", "seconds_fewer", "layers_fewer", "seconds_full_model"]
+    kinds, shapes, vals, labels = [], [], [], []
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ["kind"] + num_cols if c not in (reader.fieldnames or [])]
+        if missing:
+            raise MeasurementError(f"{csv_path}: missing column(s) {', '.join(missing)}; expected the columns "
+                                   f"{', '.join(CSV_COLUMNS)}")
+        for line, row in enumerate(reader, start=2):
+            rec = {}
+            for c in num_cols:
+                raw = row[c]
+                try:
+                    v = float(raw)
+                except (TypeError, ValueError):
+                    raise MeasurementError(f"{csv_path}, row {line}, column {c}: {raw!r} is not a number") from None
+                if not math.isfinite(v) or (v < 0 and c != "seconds_full_model"):
+                    raise MeasurementError(f"{csv_path}, row {line}, column {c}: {v} must be finite and >= 0")
+                rec[c] = v
+            if row["kind"] not in KINDS:
+                raise MeasurementError(f"{csv_path}, row {line}, column kind: {row['kind']!r} is not one of {KINDS}")
+            s = BatchShape(*(int(rec[c]) for c in SHAPE_FIELDS))
+            if s.num_tokens != s.prefill_tokens + s.num_decodes or s.num_tokens < 1:
+                raise MeasurementError(f"{csv_path}, row {line}: num_tokens {s.num_tokens} must be >= 1 and equal "
+                                       f"prefill_tokens + num_decodes ({s.prefill_tokens} + {s.num_decodes})")
+            if rec["seconds"] <= 0 or rec["seconds_fewer"] <= 0:
+                raise MeasurementError(f"{csv_path}, row {line}: seconds must be > 0")
+            if rec["layers_timed"] <= rec["layers_fewer"]:
+                raise MeasurementError(f"{csv_path}, row {line}: layers_timed must exceed layers_fewer")
+            kinds.append(row["kind"])
+            shapes.append(s)
+            vals.append([rec[c] for c in num_cols[len(SHAPE_FIELDS):]])
+            labels.append(row.get("composition") or "")
+    if not shapes:
+        raise MeasurementError(f"{csv_path}: no measurement rows")
+    v = np.array(vals)
+    return Measurements(folder, manifest, kinds, shapes, v[:, 0], v[:, 1].astype(int), v[:, 2],
+                        v[:, 3].astype(int), v[:, 4], labels)
+
+
+def heldout_mask(kinds: Sequence[str], every: int) -> np.ndarray:
+    """True for held-out rows: the K-th, 2K-th, ... composition of each kind, in file order."""
+    if every < 2:
+        raise ValueError(f"--holdout-every must be >= 2 (got {every}); 1 would hold out everything")
+    seen = {k: 0 for k in KINDS}
+    out = []
+    for k in kinds:
+        seen[k] += 1
+        out.append(seen[k] % every == 0)
+    return np.array(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _knots(values: np.ndarray, k_max: int) -> np.ndarray:
+    u = np.unique(values[values > 0])
+    if len(u) <= k_max:
+        return u.astype(float)
+    targets = np.geomspace(u[0], u[-1], k_max)
+    return np.unique([u[np.argmin(np.abs(np.log(u) - np.log(t)))] for t in targets]).astype(float)
+
+
+def _ramps(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """Columns of a monotone piecewise-linear basis: ramp j rises with slope 1 between knots j-1 and j
+    (the last one without end)."""
+    cols = []
+    for j in range(1, len(knots)):
+        hi = np.inf if j == len(knots) - 1 else knots[j] - knots[j - 1]
+        cols.append(np.clip(x - knots[j - 1], 0, hi))
+    return np.array(cols).T.reshape(len(x), len(cols))
+
+
+def _table(knots: np.ndarray, base: float, slopes: np.ndarray) -> PiecewiseLinear:
+    vals = [base]
+    for j in range(1, len(knots)):
+        vals.append(vals[-1] + slopes[j - 1] * (knots[j] - knots[j - 1]))
+    tail = float(slopes[-1]) if len(slopes) else 0.0
+    return PiecewiseLinear(list(knots), vals, tail)
+
+
+ATTN_TERMS = ("prefill_pair_s", "prefill_kv_s", "prefill_seq_s", "decode_kv_s", "decode_seq_s")
+
+
+def _design(shapes: Sequence[BatchShape], layers: np.ndarray, tok_knots: np.ndarray, emit_knots: np.ndarray
+            ) -> tuple[np.ndarray, list[str]]:
+    n = np.array([s.num_tokens for s in shapes], dtype=float)
+    e = np.array([s.num_emit for s in shapes], dtype=float)
+    has_e = (e > 0).astype(float)
+    att = np.array([[_pairs(s) if s.num_prefills else 0.0, s.prefill_ctx + s.prefill_tokens, s.num_prefills,
+                     s.decode_kv, s.num_decodes] for s in shapes], dtype=float)
+    L = layers.astype(float)[:, None]
+    fixed = np.column_stack([np.ones_like(n), n, has_e, _ramps(e, emit_knots) * has_e[:, None]])
+    per_layer = np.column_stack([np.ones_like(n), _ramps(n, tok_knots), att]) * L
+    names = (["overhead_s", "emb_per_token_s", "lm_head_base_s"]
+             + [f"lm_head_slope{j}" for j in range(1, len(emit_knots))]
+             + ["layer_base_s"] + [f"layer_slope{j}" for j in range(1, len(tok_knots))] + list(ATTN_TERMS))
+    return np.column_stack([fixed, per_layer]), names
+
+
+def fit_measured(m: Measurements, fit: np.ndarray) -> MeasuredCostModel:
+    """Fit every coefficient on the rows where ``fit`` is True (both layer counts of each)."""
+    idx = np.flatnonzero(fit)
+    shapes = [m.shapes[i] for i in idx]
+    n = np.array([s.num_tokens for s in shapes], dtype=float)
+    e = np.array([s.num_emit for s in shapes], dtype=float)
+    tok_knots = _knots(n, MAX_TOKEN_KNOTS)
+    emit_knots = _knots(e, MAX_EMIT_KNOTS) if (e > 0).any() else np.array([1.0])
+    if len(emit_knots) == 0:
+        emit_knots = np.array([1.0])
+    layers = np.concatenate([m.layers_fewer[idx], m.layers_timed[idx]])
+    y = np.concatenate([m.seconds_fewer[idx], m.seconds[idx]])
+    A, names = _design(shapes + shapes, layers, tok_knots, emit_knots)
+    if len(y) < A.shape[1]:
+        raise MeasurementError(f"{m.folder}: {len(idx)} compositions to fit ({len(y)} timings) but the model has "
+                               f"{A.shape[1]} coefficients; profile a larger grid (drop --quick) or lower "
+                               "--holdout-every")
+    Aw = A / y[:, None]  # relative error
+    scale = np.abs(Aw).max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(Aw / scale, np.ones_like(y), maxiter=50 * A.shape[1])
+    c = {k: float(v) for k, v in zip(names, coef / scale)}
+    ne = len(emit_knots) - 1
+    nt = len(tok_knots) - 1
+    lm = _table(emit_knots, c["lm_head_base_s"], np.array([c[f"lm_head_slope{j}"] for j in range(1, ne + 1)]))
+    layer = _table(tok_knots, c["layer_base_s"], np.array([c[f"layer_slope{j}"] for j in range(1, nt + 1)]))
+    man = m.manifest
+    return MeasuredCostModel(
+        num_layers=m.model_layers, layer_tokens=layer,
+        emb_tokens=PiecewiseLinear([0.0], [0.0], c["emb_per_token_s"]), lm_head=lm,
+        attention=MeasuredAttention(*(c[t] for t in ATTN_TERMS),
+                                    source=f"fitted to measurements on {man.get('device_name', man['device'])}"),
+        overhead_s=c["overhead_s"],
+        provenance={"measurements": str(m.folder), "device": man.get("device_name", man["device"]),
+                    "dtype": man.get("dtype"), "torch": man.get("torch_version"),
+                    "layers_timed": [int(m.layers_fewer[0]), int(m.layers_timed[0])],
+                    "fit": "NNLS on relative error, both layer counts"})
+
+
+def _ape_stats(pred: np.ndarray, truth: np.ndarray) -> dict:
+    if len(truth) == 0:
+        return {"n": 0, "median_ape_pct": None, "mean_ape_pct": None, "max_ape_pct": None}
+    ape = np.abs(pred - truth) / truth * 100
+    return {"n": int(len(truth)), "median_ape_pct": float(np.median(ape)), "mean_ape_pct": float(ape.mean()),
+            "max_ape_pct": float(ape.max())}
+
+
+def error_table(model: MeasuredCostModel, m: Measurements, rows: np.ndarray) -> dict:
+    """APE (%) per kind and overall on ``rows``: vs the full-model time (``full_model``) and vs the
+    time measured at the deepest layer count (``timed_layers``)."""
+    out = {}
+    for target in ("full_model", "timed_layers"):
+        per = {}
+        for kind in KINDS + ("all",):
+            sel = [i for i in np.flatnonzero(rows) if kind == "all" or m.kinds[i] == kind]
+            if target == "full_model":
+                # A non-positive extrapolated time means the two layer counts were timed within
+                # noise of each other: no reference to score against.
+                sel = [i for i in sel if m.seconds_full[i] > 0]
+                pred = np.array([model.batch_time(m.shapes[i]) for i in sel])
+                truth = m.seconds_full[sel]
+            else:
+                pred = np.array([model.time_at(m.shapes[i], int(m.layers_timed[i])) for i in sel])
+                truth = m.seconds[sel]
+            per[kind] = _ape_stats(pred, truth)
+        out[target] = per
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison with the analytic attention model
+
+
+def gpu_key(device_name: str) -> str | None:
+    """The ``GPUS`` key of a device name ("NVIDIA H100 80GB HBM3" -> "h100"), or None."""
+    low = device_name.lower()
+    return next((k for k in GPUS if re.search(rf"\b{k}\b", low)), None)
+
+
+def attention_comparison(model: MeasuredCostModel, shape: ModelShape, device_name: str) -> dict:
+    """Measured attention coefficients next to the analytic ``AttentionModel`` of the same shape
+    at TP 1 on the matching GPU (H100 when the device is not a known GPU: then for reference only),
+    and the shipped preset with that GPU and model when there is one."""
+    from .presets import PRESETS, attention_for, get_preset
+    key = gpu_key(device_name)
+    gpu = GPUS[key or "h100"]
+    ana = attention_for(shape, gpu, 1)
+    preset = None
+    for name in PRESETS:
+        if name.startswith(f"{gpu.name}-") and not name.startswith("infermax"):
+            try:
+                p = get_preset(name)
+            except Exception:  # a shipped preset whose data is absent: skip it
+                continue
+            if p.tp == 1 and p.shape.num_heads == shape.num_heads and p.shape.head_dim == shape.head_dim \
+                    and p.shape.num_kv_heads == shape.num_kv_heads:
+                preset = name
+                break
+    flops_per_pair = 4.0 * shape.num_heads * shape.head_dim
+    kv_bytes = 2.0 * shape.num_kv_heads * shape.head_dim * shape.dtype_bytes
+    att = model.attention
+    rows = [
+        ("prefill s per (query x key) pair", att.prefill_pair_s, ana._pf),
+        ("prefill s per KV token read", att.prefill_kv_s, ana._pb),
+        ("prefill s per request", att.prefill_seq_s, ana.per_seq_s),
+        ("decode s per KV token", att.decode_kv_s, max(ana._df, ana._db)),
+        ("decode s per request", att.decode_seq_s, ana.per_seq_s),
+    ]
+    return {
+        "gpu": gpu.name, "matched_device": key is not None, "preset": preset,
+        "terms": [{"term": t, "measured": mv, "analytic": av} for t, mv, av in rows],
+        "prefill_flops_per_s": {"measured": flops_per_pair / att.prefill_pair_s if att.prefill_pair_s > 0 else None,
+                                "analytic": gpu.peak_flops * ana.prefill_flops_eff, "peak": gpu.peak_flops},
+        "decode_bytes_per_s": {"measured": kv_bytes / att.decode_kv_s if att.decode_kv_s > 0 else None,
+                               "analytic": gpu.mem_bandwidth * ana.decode_bw_eff, "peak": gpu.mem_bandwidth},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+
+def default_name(manifest: dict) -> str:
+    """``<gpu>-<model>-measured``, e.g. ``h100-llama3-8b-measured`` (``cpu`` on CPU)."""
+    gpu = gpu_key(manifest.get("device_name", "")) if str(manifest["device"]).startswith("cuda") else None
+    dev = gpu or re.sub(r"[^a-z0-9]+", "-", str(manifest["device"]).split(":")[0].lower())
+    model = re.sub(r"[^a-z0-9.]+", "-", str(manifest.get("model_key") or manifest["shape"]["name"]).lower()).strip("-")
+    return f"{dev}-{model}-measured"
+
+
+def _gpu_spec(manifest: dict) -> GPUSpec:
+    key = gpu_key(manifest.get("device_name", "")) if str(manifest["device"]).startswith("cuda") else None
+    if key:
+        return GPUS[key]
+    mem = float(manifest.get("device_memory_bytes") or "nan")
+    if not math.isfinite(mem) or mem <= 0:
+        raise MeasurementError("manifest has no device_memory_bytes, needed for the KV capacity")
+    return GPUSpec(str(manifest["device"]).split(":")[0], 0.0, 0.0, mem, "")
+
+
+def preset_document(name: str, model: MeasuredCostModel, m: Measurements, report: dict) -> dict:
+    """The JSON a measured preset is saved as (``load_measured_preset`` reads it back)."""
+    shape = ModelShape(**m.manifest["shape"])
+    gpu = _gpu_spec(m.manifest)
+    blocks = kv_capacity_blocks(shape, gpu, 1)
+    held = report["heldout"]["full_model"]["mixed"]
+    med = "n/a" if held["median_ape_pct"] is None else f"{held['median_ape_pct']:.2f}%"
+    return {
+        "format": PRESET_FORMAT, "name": name, "gpu": asdict(gpu), "shape": shape.to_dict(), "tp": 1,
+        "num_kv_blocks": blocks, "block_size": 16,
+        "provenance": (f"measured: llmsched profile on {m.manifest.get('device_name', m.manifest['device'])} "
+                       f"({m.manifest.get('dtype')}); held-out mixed-batch median APE {med}"),
+        "cost_model": model.describe(),
+        "fit_report": {k: report[k] for k in ("split", "heldout", "fit")},
+    }
+
+
+def load_measured_preset(path: str | Path, name: str | None = None):
+    """A ``Preset`` from a JSON written by ``llmsched calibrate --measurements``."""
+    from .presets import Preset
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"measured preset not found: {path}")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MeasurementError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != PRESET_FORMAT:
+        raise MeasurementError(f"{path}: not a measured preset (expected \"format\": \"{PRESET_FORMAT}\"); "
+                               "write one with `llmsched calibrate --measurements DIR`")
+    try:
+        model = MeasuredCostModel.from_dict(d["cost_model"])
+        return Preset(name or d["name"], GPUSpec(**d["gpu"]), ModelShape(**d["shape"]), int(d["tp"]), model,
+                      int(d["num_kv_blocks"]), int(d.get("block_size", 16)), True, d.get("provenance", ""),
+                      {"fit_report": d.get("fit_report", {})})
+    except (KeyError, TypeError, ValueError) as e:
+        raise MeasurementError(f"{path}: malformed measured preset ({type(e).__name__}: {e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibrate
+
+
+def calibrate_measurements(folder: str | Path, holdout_every: int = 4, name: str | None = None,
+                           out: str | Path | None = None) -> dict:
+    """Fit, evaluate on held-out compositions, compare attention with the analytic model, and save
+    the preset JSON (to ``out``, default ``<measured presets dir>/<name>.json``). Returns the report
+    (``saved`` = the path, or None with ``not_saved`` = why, e.g. a model too big for one GPU)."""
+    from .presets import MEASURED_PRESETS_DIR
+    m = load_measurements(folder)
+    held = heldout_mask(m.kinds, holdout_every)
+    if not held.any():
+        raise MeasurementError(f"{m.folder}: {len(held)} compositions leave none to hold out at "
+                               f"--holdout-every {holdout_every}")
+    model = fit_measured(m, ~held)
+    shape = ModelShape(**m.manifest["shape"])
+    report = {
+        "measurements": str(m.folder),
+        "split": f"held out: every {holdout_every}th composition of each kind in grid order "
+                 f"({int(held.sum())} held out, {int((~held).sum())} fitted)",
+        "heldout": error_table(model, m, held),
+        "fit": error_table(model, m, ~held),
+        "coefficients": model.describe(),
+        "attention_comparison": attention_comparison(model, shape, m.manifest.get("device_name", "")),
+        "scaling_check": m.manifest.get("scaling_check"),
+    }
+    name = name or default_name(m.manifest)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+    report["preset"] = name
+    report["_model"] = model
+    try:
+        doc = preset_document(name, model, m, report)
+    except ValueError as e:  # e.g. the weights do not fit one GPU: no TP-1 KV capacity
+        report["saved"], report["not_saved"] = None, str(e)
+        return report
+    path = Path(out) if out else MEASURED_PRESETS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    report["saved"] = str(path)
+    return report
+
+
+def synthetic_measurements(model: MeasuredCostModel, comps, out: str | Path, shape: ModelShape,
+                           layers: int = 4, fewer: int = 2, device: str = "cpu", noise: float = 0.0,
+                           seed: int = 0) -> Path:
+    """Write a measurements folder whose times come from ``model`` (times relative noise ~ N(0,
+    ``noise``)), for testing the fit: ``comps`` = ``profiling.Composition`` list."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in comps:
+        s = c.shape
+        t = lambda l: model.time_at(s, l) * (1 + noise * rng.standard_normal())
+        t_hi, t_lo = t(layers), t(fewer)
+        per = (t_hi - t_lo) / (layers - fewer)
+        rows.append({"kind": c.kind, **s._asdict(), "seconds": t_hi, "layers_timed": layers, "seconds_fewer": t_lo,
+                     "layers_fewer": fewer, "seconds_full_model": t_lo + (model.num_layers - fewer) * per,
+                     "model_layers": model.num_layers, "repetitions": 1, "device": device, "composition": c.label})
+    out = Path(out)
+    write_measurements(out, rows)
+    manifest = {"tool": "synthetic", "model_key": "synthetic", "shape": shape.to_dict(), "device": device,
+                "device_name": "synthetic", "device_memory_bytes": 64e9, "dtype": "fp32",
+                "layers_timed": layers, "layers_fewer": fewer, "model_layers": model.num_layers}
+    (out / MANIFEST_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+def cmd_calibrate_measurements(a) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    r = calibrate_measurements(a.measurements, getattr(a, "holdout_every", 4) or 4, a.name, a.out)
+    r.pop("_model")
+    status = 0 if r["saved"] else 2
+    if a.json:
+        print(json.dumps(r, indent=2, default=str))
+        return status
+    con = Console()
+    con.print(r["split"] + "; APE vs the full-model time (full) and vs the time at the deepest layer count "
+              "timed (timed)")
+    t = Table(title="held-out absolute percentage error")
+    for c in ("kind", "n", "full: median", "full: mean", "full: max", "timed: median", "timed: mean"):
+        t.add_column(c, justify="right")
+    for kind in KINDS + ("all",):
+        f, tl = r["heldout"]["full_model"][kind], r["heldout"]["timed_layers"][kind]
+        t.add_row(kind, str(f["n"]), _pct(f["median_ape_pct"]), _pct(f["mean_ape_pct"]), _pct(f["max_ape_pct"]),
+                  _pct(tl["median_ape_pct"]), _pct(tl["mean_ape_pct"]))
+    con.print(t)
+    cmp_ = r["attention_comparison"]
+    t = Table(title=f"attention per layer: measured vs analytic ({cmp_['gpu']}"
+                    f"{', preset ' + cmp_['preset'] if cmp_['preset'] else ''}"
+                    f"{'' if cmp_['matched_device'] else '; device is not that GPU: reference only'})")
+    for c in ("term", "measured", "analytic", "ratio"):
+        t.add_column(c, justify="right")
+    for row in cmp_["terms"]:
+        ratio = row["measured"] / row["analytic"] if row["analytic"] else float("nan")
+        t.add_row(row["term"], f"{row['measured']:.4g}", f"{row['analytic']:.4g}", f"{ratio:.3g}")
+    for k, unit in (("prefill_flops_per_s", "FLOP/s"), ("decode_bytes_per_s", "B/s")):
+        v = cmp_[k]
+        meas = "-" if v["measured"] is None else f"{v['measured']:.4g} ({v['measured'] / v['peak']:.1%} of peak)"
+        t.add_row(f"effective {k.split('_')[0]} {unit}", meas,
+                  f"{v['analytic']:.4g} ({v['analytic'] / v['peak']:.1%})", "")
+    con.print(t)
+    c = r["coefficients"]
+    con.print(f"overhead {c['overhead_s'] * 1e3:.4g} ms/step, embedding {c['emb_tokens']['tail_slope_s_per_token'] * 1e9:.4g} "
+              f"ns/token, per-layer token table {len(c['layer_tokens']['knots'])} knots, "
+              f"LM head table {len(c['lm_head']['knots'])} knots")
+    if r["saved"]:
+        con.print(f"saved preset [bold]{r['preset']}[/] -> {r['saved']}")
+    else:
+        con.print(f"[red]error:[/] preset {r['preset']} not saved: {r['not_saved']} (measured presets are TP 1)")
+    return status
