@@ -18,7 +18,7 @@ from .cli_common import (add_engine_args, add_workload_args, engine_overrides, w
 
 console = Console()
 
-PLUGINS: list[str] = []
+PLUGINS: list[str] = ["baselines.compare"]
 
 
 def _fmt(v) -> str:
