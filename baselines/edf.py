@@ -9,6 +9,10 @@ lower-ranked running requests preempted when an earlier-deadline one lacks KV or
   * before the first token (waiting or prefilling): arrival + TTFT target, seconds;
   * after it (decoding, or re-prefilling after a preemption): last token time + TBT target.
 Requests without an SLO (infinite targets) rank last, by arrival.
+A waiting request is admitted only into free KV and seats (``preempt_for_waiting = False``): a
+resident decode's deadline moves later with every token while a waiting request's stays put, so
+evicting residents for earlier deadlines makes them trade places every few steps under recompute
+(see ``baselines/ranked.py``). Under KV shortage the victims are the latest-deadline residents.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ class EDFScheduler(RankedScheduler):
     Args:
         token_budget: per-step token budget, tokens (None = the engine's).
     """
+
+    preempt_for_waiting = False
 
     def key(self, req, engine):
         return next_deadline_s(req)

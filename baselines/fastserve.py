@@ -16,10 +16,14 @@ Rules:
     its level's quantum it drops one level (the last level keeps it) and the charge restarts.
   * Starvation: every ``starve_every`` scheduling steps, each request not scheduled for
     ``starve_s`` seconds (since its last step, or since arrival) is promoted to level 0.
-  * Ranking: (level, arrival); the batch is filled by the rank loop of ``baselines/ranked.py``
-    (chunked prefill, token budget = the engine's, lower-ranked running requests preempted by
-    recompute when a higher-ranked one lacks KV or a slot; FastServe swaps KV to host memory
-    instead, which this engine does not model). A preempted request keeps its level.
+  * Ranking: (level, arrival); the batch is filled in rank order by the loop of
+    ``baselines/ranked.py`` (chunked prefill, token budget = the engine's): FastServe preempts at
+    token granularity, i.e. lower-ranked resident requests simply do not run when the budget is
+    spent, and keep their KV. KV is evicted (recompute) only when a resident request lacks
+    blocks, lowest rank first; waiting requests are admitted into free KV and seats only
+    (``preempt_for_waiting = False``: FastServe swaps KV to host memory instead of discarding
+    it, which this engine does not model, and evicting residents for every demotion thrashes
+    under recompute; see ``baselines/ranked.py``). A preempted request keeps its level.
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ class FastServeScheduler(RankedScheduler):
         starve_every: scheduling steps between starvation checks (default 100).
         token_budget: per-step token budget, tokens (None = the engine's).
     """
+
+    preempt_for_waiting = False
 
     def __init__(self, base_quantum_s: float = 0.01, num_levels: int = 8, starve_s: float = 3.0,
                  starve_every: int = 100, token_budget: int | None = None):

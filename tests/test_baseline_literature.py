@@ -113,7 +113,7 @@ def test_fastserve_skip_join_by_prefill_time():
 
 def test_fastserve_demotes_after_quantum_and_ranks_by_level():
     eng = make_engine([spec(0, prompt=8, output=50), spec(1, arrival=0.05, prompt=300, output=2),
-                       spec(2, arrival=0.05, prompt=8, output=2)], max_seqs=1, budget=512, num_kv_blocks=200)
+                       spec(2, arrival=0.05, prompt=8, output=2)], max_seqs=3, budget=9, num_kv_blocks=200)
     s = make_scheduler("fastserve")
     s.reset()
     levels = []
@@ -122,8 +122,10 @@ def test_fastserve_demotes_after_quantum_and_ranks_by_level():
         levels.append(s.level(0))
     assert levels[0] == 1 and max(levels) >= 2   # 2 steps of ~0.01 s use the 0.02 s quantum
     p = s.schedule(eng)
-    # level of 2 (short prompt) beats 1 (long prompt, earlier id) and the demoted resident 0
-    assert p.tokens == {2: 8} and p.preempt == {0}
+    # 2 (short prompt, level 1) runs before the demoted resident 0 (level 2) and the long
+    # prompt 1 (level 3, earlier id), which gets no budget; FCFS would run 0 then 1.
+    assert list(p.tokens.items()) == [(2, 8), (0, 1)] and not p.preempt
+    assert list(plan_of("vllm-v1", eng).tokens.items()) == [(0, 1), (1, 8)]
 
 
 def test_fastserve_starvation_promotes_to_top():
@@ -161,13 +163,27 @@ def test_edf_orders_by_next_token_deadline():
     specs = [spec(0, prompt=4, output=3, ttft=5.0), spec(1, prompt=4, output=3, ttft=0.1)]
     eng = make_engine(specs, max_seqs=1)
     assert plan_of("edf", eng).tokens == {1: 4}
-    # a decode whose next token is due at 0.0104 + 0.5 beats a new arrival due at 0.005 + 5.0
+    # budget 1: the decode due at 0.0104 + 0.5 runs before the arrival due at 0.005 + 5.0 ...
     eng = make_engine([spec(0, prompt=4, output=3, tbt=0.5), spec(1, arrival=0.005, prompt=4, output=3, ttft=5.0)],
-                      max_seqs=1)
+                      budget=4)
     eng.step(BatchPlan({0: 4}))
-    assert plan_of("edf", eng).tokens == {0: 1}
+    assert plan_of("edf", eng, token_budget=1).tokens == {0: 1}
+    # ... and after the arrival due at 0.005 + 0.1 when the decode is due later
     eng = make_engine([spec(0, prompt=4, output=3, tbt=5.0), spec(1, arrival=0.005, prompt=4, output=3, ttft=0.1)],
-                      max_seqs=1)
+                      budget=4)
     eng.step(BatchPlan({0: 4}))
+    assert plan_of("edf", eng, token_budget=1).tokens == {1: 1}
+
+
+def test_edf_victim_is_latest_deadline_and_waiting_never_evicts():
+    specs = [spec(0, prompt=8, output=5, tbt=5.0), spec(1, prompt=8, output=5, tbt=0.5),
+             spec(2, arrival=0.001, prompt=4, output=2, ttft=0.01)]
+    eng = make_engine(specs, num_kv_blocks=5)
+    eng.step(BatchPlan({0: 8, 1: 8}))             # 1 block free, both decodes need one
     p = plan_of("edf", eng)
-    assert p.tokens == {1: 4} and p.preempt == {0}
+    assert p.tokens == {2: 4, 1: 1} and p.preempt == {0}   # 0's next token is due last
+    eng = make_engine(specs, num_kv_blocks=5, max_seqs=2)
+    eng.step(BatchPlan({0: 8, 1: 8}))
+    eng.step(BatchPlan({1: 1}))
+    p = plan_of("edf", eng)                       # 2 is most urgent but no seat: not admitted by eviction
+    assert 2 not in p.tokens and not p.preempt
