@@ -21,7 +21,9 @@ Rules, per step (token budget default 512, at most 128 decodes per step):
 4. Leftover budget to the other decodes, earliest LST first.
 * KV shortage in 1, 2 or 4: preempt (recompute) the most recently admitted partial prefill
   (possibly the requester itself); if there is none, the request that needs the block preempts
-  itself. Nothing is admitted in a step that preempted (vLLM's rule, kept for consistency).
+  itself. Nothing is admitted in a step that preempted in 1 or 2 (vLLM's rule, kept for
+  consistency); a leftover decode of 4 may still preempt a partial prefill after admissions,
+  which the 1% reserve makes rare.
 """
 from __future__ import annotations
 
