@@ -92,7 +92,7 @@ class FastServeScheduler(RankedScheduler):
                         self._level[rid] = k + 1
                     c = 0.0
                 self._charge[rid] = c
-        for req in engine.iter_waiting():
+        for req in (*engine.iter_waiting(), *engine.running.values()):
             if req.rid not in self._level:
                 self._level[req.rid] = self.join_level(req.prompt_len, engine)
                 self._charge[req.rid] = 0.0

@@ -17,7 +17,8 @@ Rules, per step (token budget default 512, at most 128 decodes per step):
 3. If nothing was preempted this step: new requests by tier (priority value) then shortest
    prefill first, then arrival, with a chunk of min(prefill, budget left), while the KV blocks of
    the whole prefill fit the free blocks minus a 1% reserve of the cache minus the blocks promised
-   to unfinished prefills; the first that does not fit stops admission.
+   to unfinished prefills (the reserve is waived while nothing is resident); the first that
+   does not fit stops admission.
 4. Leftover budget to the other decodes, earliest LST first.
 * KV shortage in 1, 2 or 4: preempt (recompute) the most recently admitted partial prefill
   (possibly the requester itself); if there is none, the request that needs the block preempts
@@ -104,7 +105,8 @@ class SLAIScheduler:
                 b.add_or_preempt(req, b.chunk(req), victim_for(req))
         if not b.preempt:  # 3. new requests, shortest prefill first
             bs = cfg.block_size
-            promised = int(self.kv_reserve * cfg.num_kv_blocks)
+            # The reserve is waived while nothing is resident, so no request is blocked for good.
+            promised = int(self.kv_reserve * cfg.num_kv_blocks) if running else 0
             for r in prefills:
                 promised += max(0, -(-r.prefill_target // bs) - -(-(r.num_computed + b.tokens.get(r.rid, 0)) // bs))
             for req in sorted(engine.iter_waiting(), key=lambda r: (r.priority, r.prefill_target, r.arrival_s, r.rid)):

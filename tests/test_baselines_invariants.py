@@ -67,3 +67,14 @@ def test_scheduler_keeps_engine_invariants(name, seed, kv_blocks):
     assert eng.done, f"{name} left {s['num_requests'] - s['num_finished']} requests unfinished"
     assert all(r.num_generated == r.output_len and len(r.token_times) == r.output_len for r in eng.finished)
     assert eng.used_blocks == 0 and not eng.running
+
+
+@pytest.mark.parametrize("name", available_schedulers())
+def test_scheduler_serves_request_needing_the_whole_cache(name):
+    # Request 1 needs all 100 blocks for its prompt: admission watermarks/reserves must not
+    # block it for good once the cache is empty.
+    specs = [spec(0, prompt=20, output=30), spec(1, arrival=0.001, prompt=399, output=2),
+             spec(2, arrival=0.002, prompt=8, output=4)]
+    eng = make_engine(specs, num_kv_blocks=100, block_size=4, budget=512, max_seqs=4, max_model_len=401)
+    run(eng, make_scheduler(name), max_steps=5_000)
+    assert eng.done
