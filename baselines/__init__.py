@@ -1,3 +1,4 @@
 """Heuristic scheduler baselines, one module per scheduler; importing this package registers
 them all (``llmsched_env.scheduler.REGISTRY``)."""
-from . import vllm_v1  # noqa: F401
+from . import (edf, fastserve, faster_transformer, infermax_srf, ltr, no_preempt, orca,  # noqa: F401
+               sarathi, slai, srpt, vllm_v0, vllm_v1)

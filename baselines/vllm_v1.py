@@ -12,6 +12,11 @@ Source: vLLM v1 ``Scheduler.schedule()``. Rules, per step, with a token budget o
    FCFS; priority policy: by (priority, arrival)) are admitted with chunk = min(owed, budget) while
    the budget, ``max_num_seqs`` and KV allow; the first that does not fit stops admission.
 
+Defaults: token budget = the engine's ``max_num_batched_tokens``; policy ``fcfs``. No KV
+watermark (v1's KV cache manager has none). Reviewed against vLLM v1's scheduler for issue 3: the
+victim rules, give-back of an already scheduled victim, self-preemption and the no-admission-
+after-preemption rule match; tests in tests/test_baseline_engine_practice.py.
+
 ``fcfs`` is the same scheduler under another name (the engine's reference scheduler).
 """
 from __future__ import annotations

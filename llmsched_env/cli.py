@@ -18,7 +18,10 @@ from .cli_common import (add_engine_args, add_workload_args, engine_overrides, w
 
 console = Console()
 
-PLUGINS: list[str] = ["llmsched_env.profiling"]
+PLUGINS: list[str] = [
+    "baselines.compare",
+    "llmsched_env.profiling",
+]
 
 
 def _fmt(v) -> str:

@@ -1,0 +1,138 @@
+"""Defining behaviour of the engine-practice baselines on small hand-built workloads
+(block size 4 tokens, LinearCostModel: 0.01 s + 1e-4 s per token)."""
+from __future__ import annotations
+
+import pytest
+
+from llmsched_env import BatchPlan, make_scheduler, run
+from baselines.plan_builder import PromptExceedsBudget
+from tests.conftest import make_engine, spec
+
+
+def plan_of(name, eng, **opts):
+    return make_scheduler(name, **opts).schedule(eng)
+
+
+# ------------------------------------------------------------------ vllm-v0
+def test_vllm_v0_is_prefill_first_with_whole_prompts():
+    eng = make_engine([spec(0, prompt=8, output=5), spec(1, arrival=0.015, prompt=40, output=2)])
+    s = make_scheduler("vllm-v0")
+    assert s.schedule(eng).tokens == {0: 8}
+    eng.step(BatchPlan({0: 8}))
+    assert s.schedule(eng).tokens == {0: 1}           # request 1 not arrived yet: decode
+    eng.step(BatchPlan({0: 1}))
+    assert s.schedule(eng).tokens == {1: 40}          # an admissible prompt: prefill-only step
+
+
+def test_vllm_v0_watermark_blocks_admission_and_decodes_instead():
+    # 100 blocks -> watermark 1 block; request 0 holds 90, request 1's prompt needs the last 10.
+    eng = make_engine([spec(0, prompt=360, output=5), spec(1, arrival=0.001, prompt=40, output=2)],
+                      num_kv_blocks=100, budget=512)
+    eng.step(BatchPlan({0: 360}))
+    assert plan_of("vllm-v0", eng).tokens == {0: 1}
+    assert plan_of("vllm-v0", eng, watermark=0.0).tokens == {1: 40}
+
+
+def test_vllm_v0_preempts_newest_running_on_kv_shortage():
+    eng = make_engine([spec(0, prompt=8, output=5), spec(1, prompt=8, output=5)], num_kv_blocks=4)
+    eng.step(BatchPlan({0: 8, 1: 8}))                 # 4 blocks used, both need a 3rd block
+    p = plan_of("vllm-v0", eng)
+    assert p.tokens == {0: 1} and p.preempt == {1}
+
+
+def test_vllm_v0_rejects_prompt_longer_than_budget_by_name():
+    eng = make_engine([spec(0, prompt=100, output=2)], budget=64)
+    with pytest.raises(PromptExceedsBudget, match="request 0 needs a 100-token prefill > token budget 64"):
+        plan_of("vllm-v0", eng)
+
+
+# ------------------------------------------------------------------ vllm-v1
+def test_vllm_v1_chunks_prefill_and_runs_running_before_waiting():
+    eng = make_engine([spec(0, prompt=100, output=3), spec(1, arrival=0.001, prompt=20, output=2)], budget=64)
+    s = make_scheduler("vllm-v1")
+    assert s.schedule(eng).tokens == {0: 64}
+    eng.step(BatchPlan({0: 64}))
+    assert list(s.schedule(eng).tokens.items()) == [(0, 36), (1, 20)]
+
+
+def test_vllm_v1_fcfs_and_priority_victims_and_no_admission_after_preemption():
+    specs = [spec(0, prompt=8, output=5, priority=1), spec(1, prompt=8, output=5, priority=0),
+             spec(2, arrival=0.001, prompt=1, output=1)]
+    eng = make_engine(specs, num_kv_blocks=4)
+    eng.step(BatchPlan({0: 8, 1: 8}))
+    fcfs = plan_of("vllm-v1", eng)
+    assert fcfs.tokens == {0: 1} and fcfs.preempt == {1}       # newest victim; 2 not admitted
+    prio = plan_of("vllm-v1", eng, policy="priority")
+    assert prio.tokens == {1: 1} and prio.preempt == {0}       # largest (priority, arrival) victim
+
+
+# ------------------------------------------------------------------ sarathi
+def test_sarathi_order_decodes_then_partial_prefills_then_new():
+    eng = make_engine([spec(0, prompt=4, output=5), spec(1, prompt=40, output=2),
+                       spec(2, arrival=0.001, prompt=4, output=2)])
+    eng.step(BatchPlan({0: 4, 1: 10}))
+    p = plan_of("sarathi", eng, token_budget=16)
+    assert list(p.tokens.items()) == [(0, 1), (1, 15)]        # budget spent before admitting 2
+    p = plan_of("sarathi", eng, token_budget=40)
+    assert list(p.tokens.items()) == [(0, 1), (1, 30), (2, 4)]
+
+
+def test_sarathi_admits_only_when_whole_prompt_kv_fits():
+    # 12 blocks: request 0 decodes in 2, request 1 needs 8 for its whole prompt but only a chunk now.
+    eng = make_engine([spec(0, prompt=8, output=9), spec(1, arrival=0.001, prompt=40, output=2)],
+                      num_kv_blocks=12)
+    eng.step(BatchPlan({0: 8}))
+    assert plan_of("sarathi", eng, token_budget=8).tokens == {0: 1}
+    assert plan_of("vllm-v1", eng, token_budget=8).tokens == {0: 1, 1: 7}
+
+
+def test_sarathi_preempts_latest_arrived_not_newest_admitted():
+    eng = make_engine([spec(0, prompt=8, output=5), spec(1, prompt=8, output=5)], num_kv_blocks=5)
+    eng.step(BatchPlan({1: 8}))
+    eng.step(BatchPlan({0: 8}))           # running order [1, 0]; 1 block free, both need one
+    p = plan_of("sarathi", eng)
+    assert p.tokens == {0: 1} and p.preempt == {1}             # latest-arrived (1) gives its block back
+    p = plan_of("vllm-v1", eng)
+    assert p.tokens == {1: 1} and p.preempt == {0}             # vLLM: the newest admitted
+
+
+# ------------------------------------------------------------------ orca
+def test_orca_reserves_max_length_and_never_preempts():
+    specs = [spec(i, prompt=2, output=6) for i in range(3)]
+    eng = make_engine(specs, num_kv_blocks=10, max_model_len=16)   # 4 blocks reserved per request
+    assert plan_of("orca", eng).tokens == {0: 2, 1: 2}
+    eng = make_engine(specs, num_kv_blocks=10, max_model_len=16)
+    s = run(eng, make_scheduler("orca"))
+    assert s["num_finished"] == 3 and s["num_preemptions"] == 0
+    assert max(r.admitted_s for r in eng.finished) > 0               # the third had to wait
+
+
+def test_orca_batches_at_iteration_level_with_whole_prompts():
+    eng = make_engine([spec(0, prompt=8, output=5), spec(1, arrival=0.001, prompt=40, output=2)],
+                      max_model_len=64)
+    eng.step(BatchPlan({0: 8}))
+    assert plan_of("orca", eng).tokens == {0: 1, 1: 40}
+
+
+# ------------------------------------------------------------------ faster-transformer
+def test_faster_transformer_nothing_joins_until_batch_done():
+    specs = [spec(0, prompt=8, output=2), spec(1, prompt=8, output=6), spec(2, arrival=0.001, prompt=4, output=2)]
+    eng = make_engine(specs, max_model_len=16)
+    run(eng, make_scheduler("faster-transformer"))
+    r = eng.requests
+    assert r[0].admitted_s == r[1].admitted_s == 0.0
+    assert r[2].admitted_s >= max(r[0].finish_s, r[1].finish_s)
+    eng = make_engine(specs, max_model_len=16)
+    assert run(eng, make_scheduler("orca"))["num_finished"] == 3
+    assert eng.requests[2].admitted_s < eng.requests[1].finish_s    # iteration-level joins early
+
+
+# ------------------------------------------------------------------ no-preempt
+def test_no_preempt_reserves_lifetime_and_never_preempts_where_sarathi_does():
+    specs = [spec(0, prompt=8, output=20), spec(1, arrival=0.001, prompt=8, output=20)]
+    sar = run(make_engine(specs, num_kv_blocks=12), make_scheduler("sarathi"))
+    assert sar["num_preemptions"] > 0
+    eng = make_engine(specs, num_kv_blocks=12)
+    s = run(eng, make_scheduler("no-preempt"))
+    assert s["num_preemptions"] == 0 and s["num_finished"] == 2
+    assert eng.requests[1].admitted_s >= eng.requests[0].finish_s    # 7 + 7 lifetime blocks > 12
