@@ -1,0 +1,281 @@
+"""Evaluate schedulers against each other on identical workloads and write a report.
+
+    python eval/evaluate.py [--suite all|NAME,...] [--policy DIR ...] [--schedulers SPEC,...]
+                            [--quick] [--seeds N] [--workers N] [--out runs/eval]
+    python eval/evaluate.py --trace my.csv --rate-scale 0.5,1,2      # any trace CSV
+    python eval/evaluate.py --list
+
+Entrants: trained policies by path (``--policy agents/zoo/default`` runs scheduler spec
+``ppo:path=agents/zoo/default``; repeatable), heuristics by scheduler spec (``--schedulers
+fcfs,vllm-v1:policy=priority,sarathi:token_budget=256``; default: every registered heuristic),
+and, in a suite with an ``optimal`` section, the CP-SAT schedule of each instance.
+
+Suites are data (``eval/suites/*.yaml``, see ``eval/suite.py``): ``default-scenario`` (the env's
+training scenario, where the shipped policy is reported), ``load-sweep``, ``arxiv``,
+``slo-tiers``, ``bursty`` and ``small-instance`` (gap to the optimal bound).
+
+Writes ``<out>/evaluation.md`` (tables, best per column in bold), ``evaluation.csv`` (one row per
+suite, variant, rate, scheduler and metric: mean and 95% t-interval over seeds),
+``evaluation.json`` (everything, per seed) and ``<out>/img/*.png``. The same command gives the
+same numbers (wall-clock times, kept under "timing" in the JSON, aside). Exit status: 0, 1 when
+some run failed (listed in the report), 2 on bad arguments (nothing is run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+
+from eval.aggregate import OPTIMAL, aggregate_suite, suite_jobs  # noqa: E402
+from eval.runner import run_jobs  # noqa: E402
+from eval.suite import Suite, SuiteError, list_suites, load_suite, trace_suite  # noqa: E402
+from llmsched_env.scheduler import available_schedulers, make_scheduler, parse_spec  # noqa: E402
+
+POLICY_SCHEDULER = "ppo"
+NOT_HEURISTICS = {OPTIMAL, POLICY_SCHEDULER}
+# fcfs is vllm-v1 with its default (FCFS) policy under a second name: listed once
+DEFAULT_EXTRA = ("vllm-v1:policy=priority",)
+DEFAULT_SKIP = {"vllm-v1"}
+
+
+class UsageError(ValueError):
+    """Bad arguments: reported before anything runs."""
+
+
+def default_heuristics() -> list[str]:
+    names = [n for n in available_schedulers() if n not in NOT_HEURISTICS and n not in DEFAULT_SKIP]
+    return names + list(DEFAULT_EXTRA)
+
+
+def split_specs(text: str) -> list[str]:
+    """Comma-separated scheduler specs, where a spec's own options are comma-separated too:
+    ``"fcfs,vllm-v1:policy=priority,token_budget=256,sarathi"`` -> fcfs, vllm-v1:policy=priority,
+    token_budget=256, sarathi (an item ``key=value`` without ``:`` continues the previous spec)."""
+    specs: list[str] = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item.split("=", 1)[0] and specs and ":" in specs[-1]:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
+
+
+def policy_spec(path: str) -> str:
+    """The scheduler spec of a trained policy directory (or file); checks it can be read."""
+    p = Path(path)
+    if "," in path:
+        raise UsageError(f"--policy {path!r}: a policy path cannot contain ',' (it separates spec options)")
+    if not p.exists():
+        raise UsageError(f"--policy {path!r}: no such file or directory")
+    if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
+        raise UsageError(f"--policy {path!r}: not readable (check its permissions)")
+    if POLICY_SCHEDULER not in available_schedulers():
+        raise UsageError(f"--policy {path!r}: policy support not installed: scheduler {POLICY_SCHEDULER!r} is not "
+                         "registered (it comes with PPO training, issue 6; merge it, or evaluate heuristics only)")
+    return f"{POLICY_SCHEDULER}:path={path}"
+
+
+def check_spec(spec: str) -> None:
+    """Fail now (UsageError) for an unknown scheduler, bad options, or a policy that cannot load."""
+    try:
+        name, _ = parse_spec(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    known = available_schedulers()
+    if name == OPTIMAL:
+        raise UsageError("'optimal' is not a scheduler to list: it is solved per instance and added by suites with "
+                         "an optimal section (small-instance)")
+    if name not in known:
+        raise UsageError(f"unknown scheduler {name!r} (in {spec!r}); registered: {', '.join(known)}")
+    try:
+        make_scheduler(spec)
+    except Exception as e:
+        raise UsageError(f"scheduler {spec!r} cannot be built: {type(e).__name__}: {e}") from None
+
+
+def optimal_available() -> tuple[bool, str]:
+    if OPTIMAL not in available_schedulers():
+        return False, ("scheduler 'optimal' (the CP-SAT bound, issue 5) is not registered in this checkout; "
+                       "the gap to the optimum cannot be computed")
+    try:
+        from baselines.optimal import solve  # noqa: F401
+    except ImportError as e:
+        return False, f"baselines.optimal cannot be imported: {e}"
+    return True, ""
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: give comma-separated numbers") from None
+    if not vals or any(not v > 0 for v in vals):
+        raise UsageError(f"{what} {text!r}: give positive numbers")
+    return vals
+
+
+def resolve_suites(a) -> list[Suite]:
+    names = []
+    if a.suite is not None or a.trace is None:
+        text = a.suite or "all"
+        names = list_suites() if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
+        # the default suite first, the CP-SAT one last
+        names.sort(key=lambda n: (n != "default-scenario", n == "small-instance"))
+    suites = []
+    try:
+        for n in names:
+            suites.append(load_suite(n, quick=a.quick))
+        if a.trace is not None:
+            suites.append(trace_suite(a.trace, _floats(a.rate_scale, "--rate-scale"), _floats(a.rates, "--rates"),
+                                      a.num_requests, a.seeds or 4, a.quick))
+    except SuiteError as e:
+        raise UsageError(str(e)) from None
+    if a.seeds is not None:
+        if a.seeds < 1:
+            raise UsageError(f"--seeds {a.seeds}: must be >= 1")
+        suites = [replace(s, seeds=a.seeds) for s in suites]
+    dup = sorted({s.name for s in suites if [t.name for t in suites].count(s.name) > 1})
+    if dup:
+        raise UsageError(f"suite(s) given twice: {', '.join(dup)}")
+    return suites
+
+
+def resolve_entrants(a) -> list[str]:
+    specs = [policy_spec(p) for p in (a.policy or [])]
+    if a.schedulers is None or a.schedulers == "all":
+        specs += default_heuristics()
+    elif a.schedulers != "none":
+        specs += split_specs(a.schedulers)
+    if not specs:
+        raise UsageError("no schedulers to evaluate (give --policy and/or --schedulers)")
+    dup = sorted({s for s in specs if specs.count(s) > 1})
+    if dup:
+        raise UsageError(f"scheduler(s) listed twice: {', '.join(dup)}")
+    for s in specs:
+        check_spec(s)
+    return specs
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1], timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def evaluate(suites: list[Suite], entrants: list[str], seed: int = 0, workers: int = 1, progress: bool = True,
+             console: Console | None = None) -> dict:
+    """Run every suite for every entrant; returns the result (see ``eval.aggregate``) with
+    ``suites``, ``skipped`` and ``timing``."""
+    console = console or Console(stderr=True)
+    skipped, runnable = {}, []
+    for s in suites:
+        if s.optimal is not None:
+            ok, why = optimal_available()
+            if not ok:
+                skipped[s.name] = why
+                console.print(f"[yellow]suite {s.name} skipped:[/] {why}")
+                continue
+        runnable.append(s)
+    jobs = [j for s in runnable for j in suite_jobs(s, entrants, seed)]
+    t0 = time.perf_counter()
+    results = run_jobs(jobs, workers=workers, progress=progress)
+    wall = time.perf_counter() - t0
+    out = {name: aggregate_suite(s, entrants, results) for name, s in ((s.name, s) for s in runnable)}
+    solve_s = {name: [i.pop("solve_s", None) for i in r.get("instances", [])] for name, r in out.items()
+               if "instances" in r}
+    run_s = sum(r.get("wall_s", 0.0) for k, r in results.items() if isinstance(r, dict) and "wall_s" in r)
+    return {"suites": out, "skipped": skipped, "threshold": 0.9,
+            "timing": {"wall_s": wall, "jobs": len(jobs), "workers": workers, "simulation_s": run_s,
+                       "solve_s": solve_s}}
+
+
+def count_failures(result: dict) -> int:
+    n = 0
+    for s in result["suites"].values():
+        for c in s["conditions"]:
+            for d in c["entrants"].values():
+                n += sum(1 for r in d["per_seed"] if r and "error" in r)
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python eval/evaluate.py", description=__doc__.split("\n\n")[0],
+                                 epilog="Suites: " + ", ".join(list_suites()))
+    ap.add_argument("--suite", help="comma-separated suite names or YAML paths, or 'all' (default: all; "
+                                    "with --trace and no --suite only the trace)")
+    ap.add_argument("--policy", action="append", metavar="DIR",
+                    help=f"a trained policy directory, run as scheduler '{POLICY_SCHEDULER}:path=DIR' (repeatable)")
+    ap.add_argument("--schedulers", help="comma-separated scheduler specs, 'all' (default: every registered "
+                                         "heuristic) or 'none' (policies only)")
+    ap.add_argument("--trace", help="also evaluate on this trace CSV (path or name in ../shared/data/traces)")
+    ap.add_argument("--rate-scale", help="with --trace: comma-separated speed-ups of its arrival times (default 1)")
+    ap.add_argument("--rates", help="with --trace: comma-separated Poisson rates, req/s, instead of its arrival times")
+    ap.add_argument("--num-requests", type=int, default=300, help="with --trace: requests per run (default 300)")
+    ap.add_argument("--seeds", type=int, help="seeds per point (default: each suite's)")
+    ap.add_argument("--seed", type=int, default=0, help="first workload seed (default 0)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: each suite's few rates, seeds and requests")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="parallel worker processes (default: one per CPU; 1 = in this process)")
+    ap.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--list", action="store_true", help="list suites and schedulers, then exit")
+    return ap
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    if a.list:
+        for n in list_suites():
+            s = load_suite(n)
+            print(f"{n:18s} {s.title}")
+        print("schedulers:", ", ".join(available_schedulers()))
+        return 0
+    try:
+        if a.workers < 1:
+            raise UsageError(f"--workers {a.workers}: must be >= 1")
+        if a.trace is None and (a.rate_scale or a.rates):
+            raise UsageError("--rate-scale / --rates apply to --trace only (suites define their own rates)")
+        suites = resolve_suites(a)
+        entrants = resolve_entrants(a)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from eval.plots import plot_all
+    from eval.report import write_all
+    result = evaluate(suites, entrants, a.seed, a.workers, not a.no_progress, console)
+    result["meta"] = {"command": "python eval/evaluate.py " + shlex.join(argv), "commit": _commit(),
+                      "entrants": entrants, "quick": a.quick, "base_seed": a.seed,
+                      "suites": [s.name for s in suites]}
+    out = Path(a.out)
+    images = plot_all(result, out / "img", out, a.workers)
+    paths = write_all(result, out, images)
+    t = result["timing"]
+    console.print(f"{t['jobs']} jobs in {t['wall_s']:.1f} s on {t['workers']} worker(s); wrote "
+                  + ", ".join(str(p) for p in paths.values()) + f" and {sum(len(v) for v in images.values())} plots")
+    n_fail = count_failures(result)
+    if n_fail:
+        console.print(f"[red]{n_fail} run(s) failed[/] (listed in {paths['markdown']})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Run evaluation jobs in worker processes: one job = one scheduler on one workload, or (for a
+suite with an ``optimal`` section) one instance solved by CP-SAT and then run by every scheduler.
+
+Every job builds its scheduler afresh from its spec, so a result never depends on which worker
+ran it or in what order; results are keyed by job, never by completion order.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+
+from llmsched_env.workload import WorkloadConfig
+
+# the per-run numbers the evaluation reports (summary keys of llmsched_env.metrics.summarize)
+METRIC_KEYS = ("slo_attainment", "ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "gpu_busy_s",
+               "num_preemptions", "recomputed_tokens", "num_requests", "num_finished", "makespan_s",
+               "throughput_tok_s")
+# quantile levels of the TTFT / TBT distributions kept for the CDF plots
+CDF_LEVELS = tuple(np.round(np.concatenate([np.linspace(0.0, 0.99, 100), [0.995, 0.999, 1.0]]), 4).tolist())
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One scheduler (by spec) on one workload. ``key`` identifies the result."""
+
+    key: tuple
+    spec: str
+    workload: WorkloadConfig
+    preset: str
+    engine: dict
+    cdf: bool = False
+
+
+@dataclass(frozen=True)
+class OptimalJob:
+    """Solve one instance with CP-SAT (``baselines.optimal.solve``), then run every scheduler
+    and the solution's replay (``optimal``) on it."""
+
+    key: tuple
+    specs: tuple
+    workload: WorkloadConfig
+    preset: str
+    engine: dict
+    objective: str = "gpu_time"
+    time_limit_s: float = 10.0
+    preemption: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _engine_and_cost(preset: str, engine: dict):
+    from llmsched_env.presets import get_preset
+    p = get_preset(preset)
+    return p.engine_config(**engine), p.cost_model
+
+
+def _quantiles(values) -> Optional[list]:
+    a = np.asarray(values, dtype=float)
+    a = a[np.isfinite(a)]
+    return np.quantile(a, CDF_LEVELS).tolist() if a.size else None
+
+
+def _simulate(specs, config, cost, scheduler, cdf: bool) -> dict:
+    from llmsched_env.engine import Engine
+    from llmsched_env.metrics import request_metrics
+    from llmsched_env.simulate import run
+    engine = Engine(specs, config, cost)
+    summary = run(engine, scheduler)
+    out = {k: summary[k] for k in METRIC_KEYS}
+    out["slo_attainment_by_class"] = summary["slo_attainment_by_class"]
+    out["wall_s"] = summary["wall_s"]
+    if cdf:
+        reqs = list(engine.requests.values())
+        ttft = [request_metrics(r).ttft_s for r in reqs]
+        gaps = [np.diff(r.token_times) for r in reqs if len(r.token_times) > 1]
+        out["cdf"] = {"ttft_s": _quantiles(ttft),
+                      "tbt_s": _quantiles(np.concatenate(gaps)) if gaps else None}
+    return out
+
+
+def _error(e: BaseException) -> dict:
+    return {"error": f"{type(e).__name__}: {e}".strip()}
+
+
+def run_job(job: RunJob) -> dict:
+    """Run one job; a failing scheduler gives ``{"error": message}`` instead of metrics."""
+    from llmsched_env.scheduler import make_scheduler
+    from llmsched_env.workload import build_workload
+    try:
+        config, cost = _engine_and_cost(job.preset, job.engine)
+        specs = build_workload(job.workload)
+        return _simulate(specs, config, cost, make_scheduler(job.spec), job.cdf)
+    except Exception as e:  # reported per scheduler and workload; the other runs go on
+        return _error(e)
+
+
+def run_optimal_job(job: OptimalJob) -> dict:
+    """Solve the instance, replay the solution, run every scheduler: {"solve": ..., "runs":
+    {spec: metrics or error}}. Needs ``baselines.optimal`` (issue 5)."""
+    from baselines.optimal import solve
+    from llmsched_env.scheduler import make_scheduler
+    from llmsched_env.workload import build_workload
+    config, cost = _engine_and_cost(job.preset, job.engine)
+    specs = build_workload(job.workload)
+    try:
+        res = solve(specs, config, cost, objective=job.objective, preemption=job.preemption,
+                    time_limit_s=job.time_limit_s, num_workers=1, seed=0)
+    except Exception as e:
+        return {"solve": _error(e), "runs": {}}
+    solve_out = {"status": res.status, "value": res.objective, "bound": res.bound, "solver_gap": res.gap,
+                 "solve_s": res.solve_s, "num_batches": res.num_batches, "batches_used": res.batches_used,
+                 "j_rigorous": res.j_rigorous, "objective": job.objective, "hint": res.hint}
+    runs = {}
+    for spec in job.specs:
+        try:
+            runs[spec] = _simulate(specs, config, cost, make_scheduler(spec), False)
+        except Exception as e:
+            runs[spec] = _error(e)
+    if res.plans:
+        try:
+            runs["optimal"] = _simulate(specs, config, cost, make_scheduler("optimal", plans=res.plans), False)
+        except Exception as e:
+            runs["optimal"] = _error(e)
+    return {"solve": solve_out, "runs": runs}
+
+
+def _dispatch(job):
+    return run_optimal_job(job) if isinstance(job, OptimalJob) else run_job(job)
+
+
+def _init_worker() -> None:
+    # one thread per worker: the workers already use every core (and torch, for a policy,
+    # would otherwise start a thread per core in each of them)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+def run_jobs(jobs: Sequence, workers: int = 1, progress: bool = True, label: str = "evaluate") -> dict:
+    """Run ``jobs`` (RunJob / OptimalJob) on ``workers`` processes (1 = in this process) with a
+    rich progress bar; returns {job.key: result}. Optimal jobs are submitted first (longest)."""
+    ordered = sorted(jobs, key=lambda j: not isinstance(j, OptimalJob))
+    results: dict = {}
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress)
+    with bar:
+        task = bar.add_task(label, total=len(ordered))
+        if workers <= 1:
+            for job in ordered:
+                results[job.key] = _dispatch(job)
+                bar.advance(task)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+                futs = {pool.submit(_dispatch, job): job.key for job in ordered}
+                for f in as_completed(futs):
+                    try:
+                        results[futs[f]] = f.result()
+                    except Exception as e:  # a worker that died: report it against the job
+                        results[futs[f]] = _error(e)
+                    bar.advance(task)
+    return results
