@@ -28,8 +28,8 @@ METRICS = (
 )
 GAP_METRICS = (
     ("gpu_busy_s", "GPU busy", "GPU-s", -1, "{:.4g}"),
-    ("gap_to_bound_pct", "gap to bound", "%", -1, "{:.3g}"),
-    ("gap_to_best_pct", "gap to best found", "%", -1, "{:.3g}"),
+    ("gap_to_bound_pct", "gap to bound", "%", -1, "{:.2f}"),
+    ("gap_to_best_pct", "gap to best found", "%", -1, "{:.2f}"),
     ("slo_attainment", "SLO attainment", "fraction", +1, "{:.3f}"),
 )
 THRESHOLD = 0.9
