@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup bench clean
+.PHONY: run test setup bench eval clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python eval/bench_engine.py
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-enable -p no:xdist
+
+# the evaluation report in docs/ (docs/evaluation.md); POLICY=agents/zoo/default adds a policy
+eval: $(STAMP)
+	$(BIN)/python eval/evaluate.py $(if $(POLICY),--policy $(POLICY)) --out docs
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
