@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
 
 DPI = 90
@@ -51,7 +52,7 @@ def _legend(fig, axes, entrants: list) -> None:
 
 
 def _sweep_plot(s: dict, metric: str, ylabel: str, title: str, path: Path, style: dict,
-                threshold=None, ylim=None) -> None:
+                threshold=None, ylim=None, log_if_spread: bool = False) -> None:
     """One panel per variant: ``metric``'s mean over seeds against the rate, 95% CI bars."""
     sd = s["suite"]
     variants = list(sd["variants"])
@@ -72,6 +73,12 @@ def _sweep_plot(s: dict, metric: str, ylabel: str, title: str, path: Path, style
                         elinewidth=0.8)
         if ylim is not None:
             ax.set_ylim(*ylim)
+        elif log_if_spread and _spread(ax) > 8:
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         if threshold is not None:
             ax.axhline(threshold, color="0.4", linestyle=":", linewidth=1)
             ax.text(x[0], threshold, f" {threshold:.0%} target", va="bottom", ha="left", fontsize=7, color="0.3")
@@ -79,11 +86,18 @@ def _sweep_plot(s: dict, metric: str, ylabel: str, title: str, path: Path, style
         ax.grid(True, alpha=0.3)
         if len(variants) > 1:
             ax.set_title(v, fontsize=10)
-    axes[0].set_ylabel(ylabel)
+    axes[0].set_ylabel(ylabel + (", log scale" if axes[0].get_yscale() == "log" else ""))
     fig.suptitle(title, fontsize=11)
     _legend(fig, axes, s["entrants"])
     fig.tight_layout()
     _save(fig, path)
+
+
+def _spread(ax) -> float:
+    """max / min of the positive y data drawn on ``ax`` (1 when there is none)."""
+    ys = np.concatenate([np.asarray(l.get_ydata(), dtype=float) for l in ax.get_lines()] or [np.ones(1)])
+    ys = ys[np.isfinite(ys) & (ys > 0)]
+    return float(ys.max() / ys.min()) if ys.size else 1.0
 
 
 def sd_rate_label(sd: dict) -> str:
@@ -171,8 +185,8 @@ def _draw(kind: str, s: dict, path: Path, style: dict) -> None:
                     f"{s['suite']['title']}: SLO attainment vs load", path, style, threshold=0.9, ylim=(-0.02, 1.04))
     else:
         n_req = s["suite"]["variants"][next(iter(s["suite"]["variants"]))]["num_requests"]
-        _sweep_plot(s, "gpu_busy_s", f"GPU busy time per run (GPU-s, {n_req} requests)",
-                    f"{s['suite']['title']}: GPU cost vs load", path, style)
+        _sweep_plot(s, "gpu_busy_s", f"GPU busy per run (GPU-s)\nruns of {n_req} requests",
+                    f"{s['suite']['title']}: GPU cost vs load", path, style, log_if_spread=True)
 
 
 def plot_all(result: dict, img_dir: Path, rel_to: Path, workers: int = 1) -> dict:
