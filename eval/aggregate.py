@@ -22,9 +22,9 @@ METRICS = (
     ("ttft_p99_s", "TTFT P99", "s", -1, "{:.3g}"),
     ("tbt_p50_s", "TBT P50", "s", -1, "{:.3g}"),
     ("tbt_p99_s", "TBT P99", "s", -1, "{:.3g}"),
-    ("gpu_busy_s", "GPU busy", "GPU-s", -1, "{:.4g}"),
-    ("num_preemptions", "preemptions", "count", -1, "{:.4g}"),
-    ("recomputed_tokens", "recomputed tokens", "tokens", -1, "{:.4g}"),
+    ("gpu_busy_s", "GPU busy", "GPU-s", -1, "{:.3g}"),
+    ("num_preemptions", "preemptions", "count", -1, "{:.3g}"),
+    ("recomputed_tokens", "recomputed tokens", "tokens", -1, "{:.3g}"),
 )
 GAP_METRICS = (
     ("gpu_busy_s", "GPU busy", "GPU-s", -1, "{:.4g}"),

@@ -214,6 +214,31 @@ def count_failures(result: dict) -> int:
     return n
 
 
+def write_outputs(result: dict, out: Path, workers: int, console: Console) -> dict:
+    from eval.plots import plot_all
+    from eval.report import write_all
+    images = plot_all(result, out / "img", out, workers)
+    paths = write_all(result, out, images)
+    console.print("wrote " + ", ".join(str(p) for p in paths.values())
+                  + f" and {sum(len(v) for v in images.values())} plots")
+    return paths
+
+
+def rerender(src: Path, out: Path, workers: int, console: Console) -> int:
+    """The report, CSV, JSON and plots again from a saved evaluation.json (no simulation)."""
+    import json
+    try:
+        result = json.loads(src.read_text())
+        result.pop("images", None)
+        if not {"suites", "meta", "skipped"} <= set(result):
+            raise ValueError("not an evaluation.json written by eval/evaluate.py")
+    except (OSError, ValueError) as e:
+        print(f"error: --from-json {src}: {e}", file=sys.stderr)
+        return 2
+    write_outputs(result, out, workers, console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python eval/evaluate.py", description=__doc__.split("\n\n")[0],
                                  epilog="Suites: " + ", ".join(list_suites()))
@@ -235,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--list", action="store_true", help="list suites and schedulers, then exit")
+    ap.add_argument("--from-json", metavar="JSON", help="run nothing: rewrite the report, CSV and plots under "
+                                                         "--out from a previous run's evaluation.json")
     return ap
 
 
@@ -248,6 +275,8 @@ def main(argv=None) -> int:
             print(f"{n:18s} {s.title}")
         print("schedulers:", ", ".join(available_schedulers()))
         return 0
+    if a.from_json:
+        return rerender(Path(a.from_json), Path(a.out), a.workers, console)
     try:
         if a.workers < 1:
             raise UsageError(f"--workers {a.workers}: must be >= 1")
@@ -258,18 +287,13 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from eval.plots import plot_all
-    from eval.report import write_all
     result = evaluate(suites, entrants, a.seed, a.workers, not a.no_progress, console)
     result["meta"] = {"command": "python eval/evaluate.py " + shlex.join(argv), "commit": _commit(),
                       "entrants": entrants, "quick": a.quick, "base_seed": a.seed,
                       "suites": [s.name for s in suites]}
-    out = Path(a.out)
-    images = plot_all(result, out / "img", out, a.workers)
-    paths = write_all(result, out, images)
     t = result["timing"]
-    console.print(f"{t['jobs']} jobs in {t['wall_s']:.1f} s on {t['workers']} worker(s); wrote "
-                  + ", ".join(str(p) for p in paths.values()) + f" and {sum(len(v) for v in images.values())} plots")
+    console.print(f"{t['jobs']} runs in {t['wall_s']:.1f} s on {t['workers']} worker(s)")
+    paths = write_outputs(result, Path(a.out), a.workers, console)
     n_fail = count_failures(result)
     if n_fail:
         console.print(f"[red]{n_fail} run(s) failed[/] (listed in {paths['markdown']})")

@@ -19,14 +19,26 @@ def _fin(x) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _fmt(v: float, fmt: str, half: bool = False) -> str:
+    """``fmt`` for fixed decimals ("{:.3f}"); for significant digits ("{:.3g}") thousands are
+    written out with separators (12,345) and a half-width gets two significant digits."""
+    if not fmt.endswith("g}"):
+        return fmt.format(v)
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.2g}" if half else fmt.format(v)
+
+
 def _cell(st: dict, fmt: str, best: float, censor: str = "") -> str:
     m, h = st["mean"], st["half"]
     if not _fin(m):
         return "-"
-    text = censor + fmt.format(m)
+    text = censor + _fmt(m, fmt)
     if _fin(best) and math.isclose(m, best, rel_tol=1e-9, abs_tol=1e-12):
         text = f"**{text}**"
-    return text + (f" ± {fmt.format(h)}" if _fin(h) else "")
+    return text + (f" ± {_fmt(h, fmt, half=True)}" if _fin(h) else "")
 
 
 def _table(header: list, rows: list) -> list:
@@ -129,7 +141,8 @@ def markdown(result: dict, images: dict) -> str:
              "it finishes, its TTFT is within its target and the P99 of its token gaps (TBT) is within its "
              "target. Goodput is the highest rate at which SLO attainment stays >= "
              f"{result['threshold']:.0%}, per seed, linearly interpolated between the swept rates "
-             "(`≥` = still met at the highest swept rate by some seed, `<` = missed at the lowest). "
+             "(`≥` = still met at the highest swept rate by some seed, so the mean is a lower bound; a seed "
+             "that misses it at the lowest rate counts 0, and `<` = every seed missed it there). "
              "GPU busy = summed step latencies x GPUs (GPU-seconds for the whole run). TBT percentiles are over "
              "all token gaps of the run; TTFT percentiles over requests.", ""]
     for name, why in result["skipped"].items():
@@ -206,7 +219,7 @@ def csv_rows(result: dict) -> list[dict]:
 
 def _num(v):
     if isinstance(v, float):
-        return "" if not math.isfinite(v) else repr(v)
+        return "" if not math.isfinite(v) else f"{v:.7g}"
     return v
 
 

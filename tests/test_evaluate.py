@@ -124,6 +124,11 @@ def test_quick_end_to_end_and_deterministic(tmp_path, shared_data):
     assert (a / "evaluation.csv").read_bytes() == (b / "evaluation.csv").read_bytes()
     rb = json.loads((b / "evaluation.json").read_text())
     assert rb["suites"] == res["suites"]
+    # the report again from the JSON alone: same CSV, same plots listed
+    c = tmp_path / "c"
+    assert main(["--from-json", str(a / "evaluation.json"), "--out", str(c), "--workers", "1"]) == 0
+    assert (c / "evaluation.csv").read_bytes() == (a / "evaluation.csv").read_bytes()
+    assert sorted(p.name for p in (c / "img").glob("*.png")) == imgs
 
 
 def test_small_instance_gap_or_skip(tmp_path, shared_data):
