@@ -1,0 +1,148 @@
+"""What the agent sees: which requests occupy the K slots, and their features.
+
+Slot assignment (deterministic, O(K) per step): slot 0.. hold the running requests in admission
+order (the engine's ``running`` order; the environment caps the running set at
+``K - waiting_slots`` so they always fit), then waiting requests in queue order (requests
+preempted earlier first, most recently re-queued first, then new arrivals first come first
+served) until the K slots are full. Requests beyond K are not visible and cannot be acted on
+this step; the global features count them. Unused slots are all zeros (``present`` = 0).
+
+Per-slot features (``SLOT_FEATURES``; scaled so typical values are O(1), clipped to [-10, 10]):
+  present            1 for an occupied slot, else 0 (then every feature is 0).
+  running            1 if the request holds KV (running), 0 if waiting.
+  prefilling         1 while prefill tokens remain (a waiting request always prefills).
+  prompt             prompt length / 1024 tokens.
+  remaining_prefill  prefill tokens still to compute / 1024 tokens.
+  computed           tokens with resident KV / 1024 tokens.
+  generated          output tokens emitted so far / 256 tokens.
+  age                time since arrival / 1 s.
+  since_token        time since its last token (or since arrival before the first) / 0.1 s.
+  ttft_slack         before the first token: (arrival + TTFT target - now) / TTFT target (< 0:
+                     TTFT already missed); after it: (target - TTFT) / target, fixed.
+  tbt_slack          after the first token: (last token + TBT target - now) / TBT target, the
+                     slack to the next-token deadline; 1 before the first token.
+  ttft_target        TTFT target / 1 s (infinite targets clip to 10).
+  tbt_target         TBT target / 0.1 s.
+  kv_blocks          KV blocks held / (KV capacity / K) (1 = a fair share of the cache).
+  preemptions        times preempted so far / 2.
+  pred_remaining     predicted output tokens still to come / 256 tokens, when the workload has a
+                     length predictor; 0 otherwise (the global ``has_predictor`` says which).
+  owed_vs_budget     tokens RUN would process (remaining prefill, or 1) / the token budget.
+  slo_alive          1 while the request can still meet its SLO, 0 once a miss is certain.
+  priority           priority value / 4 (lower = more important).
+
+Global features (``GLOBAL_FEATURES``):
+  kv_free            free KV blocks / capacity.
+  running            running requests / max running (the cap).
+  waiting            waiting requests / K.
+  hidden_waiting     waiting requests beyond the slots / K.
+  budget             the engine's token budget / 8192 tokens.
+  last_latency       latency of the last busy step / 0.1 s.
+  now                simulated time / 100 s.
+  to_next_arrival    time to the next arrival / 1 s (10 when none is left).
+  arrived            requests arrived / episode size.
+  finished           requests finished / episode size.
+  step               environment steps / truncation limit.
+  has_predictor      1 when ``pred_remaining`` is informative.
+"""
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+
+from .request import RUNNING
+
+SLOT_FEATURES = ("present", "running", "prefilling", "prompt", "remaining_prefill", "computed",
+                 "generated", "age", "since_token", "ttft_slack", "tbt_slack", "ttft_target",
+                 "tbt_target", "kv_blocks", "preemptions", "pred_remaining", "owed_vs_budget",
+                 "slo_alive", "priority")
+GLOBAL_FEATURES = ("kv_free", "running", "waiting", "hidden_waiting", "budget", "last_latency",
+                   "now", "to_next_arrival", "arrived", "finished", "step", "has_predictor")
+CLIP = 10.0
+
+
+def assign_slots(engine, num_slots: int) -> list:
+    """Requests in slot order (running first, then the head of the waiting queue), at most K."""
+    slots = list(engine.running.values())
+    if len(slots) < num_slots:
+        slots.extend(islice(engine.iter_waiting(), num_slots - len(slots)))
+    return slots[:num_slots]
+
+
+class ObservationEncoder:
+    """Builds the observation dict ``{"slots": (K, F) float32, "global": (G,) float32}``."""
+
+    def __init__(self, num_slots: int, num_kv_blocks: int, max_running: int, budget: int):
+        self.K = num_slots
+        self.kv_share = num_kv_blocks / num_slots
+        self.num_kv_blocks = num_kv_blocks
+        self.max_running = max_running
+        self.budget = budget
+        self.F = len(SLOT_FEATURES)
+        self.G = len(GLOBAL_FEATURES)
+
+    def encode(self, engine, slots: list, alive: dict, step: int, max_steps: int, num_requests: int,
+               has_predictor: bool) -> dict:
+        """Features of the slotted requests. ``alive`` maps rid -> False for requests whose SLO
+        miss is certain (missing keys = still alive)."""
+        K, F = self.K, self.F
+        out = np.zeros((K, F), dtype=np.float32)
+        now = engine.now_s
+        n = len(slots)
+        if n:
+            rows = []
+            inf = float("inf")
+            for r in slots:
+                tt = r.token_times
+                rows.append((r.status == RUNNING, r.prompt_len, r.prefill_target - r.num_computed,
+                             r.num_computed, r.num_generated, r.arrival_s,
+                             tt[-1] if tt else -inf, tt[0] if tt else -inf,
+                             r.ttft_slo_s, r.tbt_slo_s, r.num_blocks, r.num_preemptions,
+                             r.predicted_output_len if r.predicted_output_len is not None else 0,
+                             alive.get(r.rid, True), r.priority))
+            a = np.array(rows, dtype=np.float64)
+            run, prompt, rem, comp, gen, arr, last, first, ttft, tbt, nb, npre, pred, alv, prio = a.T
+            has_tok = gen > 0
+            ttft_c = np.minimum(ttft, 1e6)
+            tbt_c = np.minimum(tbt, 1e6)
+            x = np.empty((n, F), dtype=np.float64)
+            x[:, 0] = 1.0
+            x[:, 1] = run
+            x[:, 2] = rem > 0
+            x[:, 3] = prompt / 1024.0
+            x[:, 4] = np.maximum(rem, 0) / 1024.0
+            x[:, 5] = comp / 1024.0
+            x[:, 6] = gen / 256.0
+            x[:, 7] = now - arr
+            x[:, 8] = (now - np.where(has_tok, last, arr)) / 0.1
+            x[:, 9] = np.where(has_tok, (ttft_c - (first - arr)), (arr + ttft_c - now)) / ttft_c
+            x[:, 10] = np.where(has_tok, (last + tbt_c - now) / tbt_c, 1.0)
+            x[:, 11] = ttft
+            x[:, 12] = tbt / 0.1
+            x[:, 13] = nb / self.kv_share
+            x[:, 14] = npre / 2.0
+            x[:, 15] = np.where(pred > 0, np.maximum(pred - gen, 0), 0) / 256.0
+            x[:, 16] = np.where(rem > 0, rem, 1) / self.budget
+            x[:, 17] = alv
+            x[:, 18] = prio / 4.0
+            np.clip(x, -CLIP, CLIP, out=x)
+            out[:n] = x
+        g = np.empty(self.G, dtype=np.float32)
+        nw = engine.num_waiting
+        nr = len(engine.running)
+        nxt = engine.next_arrival_s
+        g[0] = engine.free_blocks / self.num_kv_blocks
+        g[1] = nr / self.max_running
+        g[2] = nw / K
+        g[3] = max(0, nw - (K - min(nr, K))) / K
+        g[4] = self.budget / 8192.0
+        g[5] = engine.last_step_latency_s / 0.1
+        g[6] = now / 100.0
+        g[7] = 10.0 if nxt is None else nxt - now
+        g[8] = len(engine.requests) / num_requests
+        g[9] = len(engine.finished) / num_requests
+        g[10] = step / max_steps
+        g[11] = float(has_predictor)
+        np.clip(g, -CLIP, CLIP, out=g)
+        return {"slots": out, "global": g}
