@@ -39,6 +39,7 @@ running request, and the budget test uses the engine's largest budget.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Optional, Sequence
 
 import numpy as np
@@ -80,40 +81,44 @@ class ActionDecoder:
         self.num_kv_blocks = num_kv_blocks
         self.nvec = np.array([self.num_choices] * num_slots + [len(levels)], dtype=np.int64)
         self._chunk_index = {c: CHUNK0 + j for j, c in enumerate(self.chunk_sizes)}
-        self._chunks = np.array(self.chunk_sizes, dtype=np.int64)
+        A = self.num_choices
+        self._rows = {}
+        for running in (False, True):
+            for run_ok in (False, True):
+                for fill_ok in (False, True):
+                    for j in range(len(self.chunk_sizes) + 1):
+                        row = [True, running, run_ok, fill_ok] + [c < j for c in range(A - CHUNK0)]
+                        self._rows[running, run_ok, fill_ok, j] = bytes(row)
+        self._empty = bytes([True] + [False] * (A - 1))
+        self._glob = bytes([True] * len(levels))
 
     # ------------------------------------------------------------------ masks
     def action_mask(self, engine, slots: list) -> np.ndarray:
         """Flat bool mask, per-slot masks concatenated then the budget levels (sb3-contrib's
         MultiDiscrete convention)."""
-        K, A = self.K, self.num_choices
-        mask = np.zeros((K, A), dtype=bool)
-        mask[:, HOLD] = True
-        n = len(slots)
-        if n:
-            bs = self.bs
-            raw = np.array([(r.num_computed, r.prefill_target, r.num_blocks, r.status == RUNNING)
-                            for r in slots], dtype=np.int64)
-            k, target, nb, running = raw[:, 0], raw[:, 1], raw[:, 2], raw[:, 3].astype(bool)
-            owed = target - k
-            prefilling = owed > 0
-            # Blocks free if every other visible running request were preempted.
-            freeable = engine.free_blocks + int(nb[running].sum())
-            avail = freeable - nb  # own blocks are kept, not freed, when it runs
-            owed1 = np.where(prefilling, owed, 1)
-            need_run = -(-(k + owed1) // bs) - nb
-            m = mask[:n]
-            m[:, PREEMPT] = running
-            m[:, RUN] = (owed1 <= self.max_budget) & (need_run <= avail)
-            need1 = -(-(k + 1) // bs) - nb
-            m[:, FILL] = prefilling & (need1 <= avail)
-            if A > CHUNK0:
-                c = self._chunks[None, :]
-                need_c = -(-(k[:, None] + c) // bs) - nb[:, None]
-                m[:, CHUNK0:] = (prefilling[:, None] & (c < owed[:, None]) & (c <= self.max_budget)
-                                 & (need_c <= avail[:, None]))
-        glob = np.ones(len(self.budget_levels), dtype=bool)
-        return np.concatenate([mask.ravel(), glob])
+        bs = self.bs
+        freeable = engine.free_blocks
+        for r in slots:
+            if r.status == RUNNING:
+                freeable += r.num_blocks  # if every other running request were preempted
+        rows = self._rows
+        max_budget = self.max_budget
+        chunks = self.chunk_sizes
+        parts = []
+        for r in slots:
+            k = r.num_computed
+            running = r.status == RUNNING
+            owed = r.prefill_target - k
+            fit = freeable * bs - k  # most tokens its KV could hold (its own blocks included)
+            if owed > 0:
+                limit = min(owed - 1, max_budget, fit)
+                j = bisect_right(chunks, limit)
+                parts.append(rows[running, owed <= max_budget and owed <= fit, fit >= 1, j])
+            else:
+                parts.append(rows[running, fit >= 1, False, 0])
+        parts.append(self._empty * (self.K - len(slots)))
+        parts.append(self._glob)
+        return np.frombuffer(b"".join(parts), dtype=bool).copy()
 
     # ----------------------------------------------------------------- decode
     def check_action(self, action) -> list:

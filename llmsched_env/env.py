@@ -52,7 +52,9 @@ class ServingEnv(gym.Env):
     (``encode_plan``) when its requests fit in the K slots.
 
     ## Observation Space
-    ``Dict(slots=Box(-10, 10, (K, F), float32), global=Box(-10, 10, (G,), float32))``. Slot order:
+    ``Dict(slots=Box(-10, 10, (K * F,), float32), global=Box(-10, 10, (G,), float32))``; ``slots``
+    is the (K, F) matrix flattened row by row (slot i = entries i*F .. i*F+F-1; flat because SB3's
+    checker expects 1-D vectors; ``obs["slots"].reshape(K, F)`` recovers it). Slot order:
     running requests in admission order, then the head of the waiting queue in queue order; empty
     slots are zero. F = 19 per-request features (phase, prompt, computed and generated tokens,
     age, time since last token, TTFT and next-token slack, targets, KV blocks, preemptions,
@@ -119,7 +121,7 @@ class ServingEnv(gym.Env):
         self.reward_fn = SLOReward(sc.lam, cfg.num_gpus)
         self.action_space = spaces.MultiDiscrete(self.decoder.nvec)
         self.observation_space = spaces.Dict({
-            "slots": spaces.Box(-CLIP, CLIP, (K, len(SLOT_FEATURES)), np.float32),
+            "slots": spaces.Box(-CLIP, CLIP, (K * len(SLOT_FEATURES),), np.float32),
             "global": spaces.Box(-CLIP, CLIP, (len(GLOBAL_FEATURES),), np.float32)})
         self.engine: Optional[Engine] = None
         self.specs: list[RequestSpec] = []

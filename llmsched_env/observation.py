@@ -71,7 +71,8 @@ def assign_slots(engine, num_slots: int) -> list:
 
 
 class ObservationEncoder:
-    """Builds the observation dict ``{"slots": (K, F) float32, "global": (G,) float32}``."""
+    """Builds the observation dict ``{"slots": (K * F,) float32, "global": (G,) float32}``
+    (``slots`` is the (K, F) feature matrix flattened row by row)."""
 
     def __init__(self, num_slots: int, num_kv_blocks: int, max_running: int, budget: int):
         self.K = num_slots
@@ -81,68 +82,54 @@ class ObservationEncoder:
         self.budget = budget
         self.F = len(SLOT_FEATURES)
         self.G = len(GLOBAL_FEATURES)
+        self._zeros = [0.0] * (num_slots * self.F)
 
     def encode(self, engine, slots: list, alive: dict, step: int, max_steps: int, num_requests: int,
                has_predictor: bool) -> dict:
         """Features of the slotted requests. ``alive`` maps rid -> False for requests whose SLO
         miss is certain (missing keys = still alive)."""
         K, F = self.K, self.F
-        out = np.zeros((K, F), dtype=np.float32)
         now = engine.now_s
-        n = len(slots)
-        if n:
-            rows = []
-            inf = float("inf")
-            for r in slots:
-                tt = r.token_times
-                rows.append((r.status == RUNNING, r.prompt_len, r.prefill_target - r.num_computed,
-                             r.num_computed, r.num_generated, r.arrival_s,
-                             tt[-1] if tt else -inf, tt[0] if tt else -inf,
-                             r.ttft_slo_s, r.tbt_slo_s, r.num_blocks, r.num_preemptions,
-                             r.predicted_output_len if r.predicted_output_len is not None else 0,
-                             alive.get(r.rid, True), r.priority))
-            a = np.array(rows, dtype=np.float64)
-            run, prompt, rem, comp, gen, arr, last, first, ttft, tbt, nb, npre, pred, alv, prio = a.T
-            has_tok = gen > 0
-            ttft_c = np.minimum(ttft, 1e6)
-            tbt_c = np.minimum(tbt, 1e6)
-            x = np.empty((n, F), dtype=np.float64)
-            x[:, 0] = 1.0
-            x[:, 1] = run
-            x[:, 2] = rem > 0
-            x[:, 3] = prompt / 1024.0
-            x[:, 4] = np.maximum(rem, 0) / 1024.0
-            x[:, 5] = comp / 1024.0
-            x[:, 6] = gen / 256.0
-            x[:, 7] = now - arr
-            x[:, 8] = (now - np.where(has_tok, last, arr)) / 0.1
-            x[:, 9] = np.where(has_tok, (ttft_c - (first - arr)), (arr + ttft_c - now)) / ttft_c
-            x[:, 10] = np.where(has_tok, (last + tbt_c - now) / tbt_c, 1.0)
-            x[:, 11] = ttft
-            x[:, 12] = tbt / 0.1
-            x[:, 13] = nb / self.kv_share
-            x[:, 14] = npre / 2.0
-            x[:, 15] = np.where(pred > 0, np.maximum(pred - gen, 0), 0) / 256.0
-            x[:, 16] = np.where(rem > 0, rem, 1) / self.budget
-            x[:, 17] = alv
-            x[:, 18] = prio / 4.0
-            np.clip(x, -CLIP, CLIP, out=x)
-            out[:n] = x
-        g = np.empty(self.G, dtype=np.float32)
+        kv_share = self.kv_share
+        budget = self.budget
+        flat: list[float] = []
+        ext = flat.extend
+        big = 1e6  # stands in for an infinite target in the slack ratios
+        for r in slots:
+            tt = r.token_times
+            arr = r.arrival_s
+            ttft = r.ttft_slo_s
+            tbt = r.tbt_slo_s
+            ttft_c = ttft if ttft < big else big
+            tbt_c = tbt if tbt < big else big
+            rem = r.prefill_target - r.num_computed
+            gen = r.num_generated
+            if tt:
+                last = tt[-1]
+                since = now - last
+                ttft_slack = (ttft_c - (tt[0] - arr)) / ttft_c
+                tbt_slack = (last + tbt_c - now) / tbt_c
+            else:
+                since = now - arr
+                ttft_slack = (arr + ttft_c - now) / ttft_c
+                tbt_slack = 1.0
+            pred = r.predicted_output_len
+            ext((1.0, r.status == RUNNING, rem > 0, r.prompt_len / 1024.0, (rem if rem > 0 else 0) / 1024.0,
+                 r.num_computed / 1024.0, gen / 256.0, now - arr, since / 0.1, ttft_slack, tbt_slack,
+                 ttft, tbt / 0.1, r.num_blocks / kv_share, r.num_preemptions / 2.0,
+                 (max(pred - gen, 0) / 256.0) if pred is not None else 0.0,
+                 (rem if rem > 0 else 1) / budget, alive.get(r.rid, True), r.priority / 4.0))
+        if len(slots) < K:
+            ext(self._zeros[:(K - len(slots)) * F])
+        out = np.fromiter(flat, dtype=np.float32, count=K * F)
+        np.clip(out, -CLIP, CLIP, out=out)
         nw = engine.num_waiting
         nr = len(engine.running)
         nxt = engine.next_arrival_s
-        g[0] = engine.free_blocks / self.num_kv_blocks
-        g[1] = nr / self.max_running
-        g[2] = nw / K
-        g[3] = max(0, nw - (K - min(nr, K))) / K
-        g[4] = self.budget / 8192.0
-        g[5] = engine.last_step_latency_s / 0.1
-        g[6] = now / 100.0
-        g[7] = 10.0 if nxt is None else nxt - now
-        g[8] = len(engine.requests) / num_requests
-        g[9] = len(engine.finished) / num_requests
-        g[10] = step / max_steps
-        g[11] = float(has_predictor)
+        g = np.array((engine.free_blocks / self.num_kv_blocks, nr / self.max_running, nw / K,
+                      max(0, nw - (K - min(nr, K))) / K, budget / 8192.0,
+                      engine.last_step_latency_s / 0.1, now / 100.0, 10.0 if nxt is None else nxt - now,
+                      len(engine.requests) / num_requests, len(engine.finished) / num_requests,
+                      step / max_steps, float(has_predictor)), dtype=np.float32)
         np.clip(g, -CLIP, CLIP, out=g)
         return {"slots": out, "global": g}
