@@ -6,16 +6,19 @@ field can be overridden by keyword when the environment is built (``ServingEnv(s
 **overrides)``).
 
 The default scenario ("default", registered as ``llmsched/Serving-v0``) is chosen for learning:
-  * short episodes: 100 requests of the splitwise_conv trace (lengths), Poisson arrivals at a rate
-    drawn per episode from 5-8 requests/s -> about 1,500-2,700 engine steps per episode;
-  * scheduling decisions matter: the KV cache is cut to 1,024 blocks (16k tokens, room for about a
-    dozen average conversations) so admission and preemption trade off, the load is near the
-    replica's saturation (FCFS attains about 0.7-0.8 of SLOs there), and two tiers, strict (TTFT
-    0.5 s, TBT 60 ms, half the requests, priority 0) and relaxed (TTFT 4 s, TBT 200 ms), make
-    chunk size (TBT of the decodes sharing a step) and ordering matter;
-  * lambda = 0.5 requests per GPU-second: a GPU-second costs half a satisfied request, so the
-    cost term (about 10-15 per episode) is visible next to the SLO term (up to 100) without
-    dominating it. Measured numbers: eval/bench_env.py and the closing report.
+  * short episodes: 100 requests with splitwise_conv trace lengths (prompt + output <= 8,192
+    tokens), Poisson arrivals at a rate drawn per episode from 5-8 requests/s: 1,600-2,400
+    engine steps per episode (mean about 2,050);
+  * scheduling decisions matter: the KV cache is cut to 1,024 blocks (16k tokens, room for about
+    a dozen average conversations) so admission and preemption trade off; the load is near the
+    replica's saturation; two tiers, strict (TTFT 0.5 s, TBT 60 ms, half the requests, priority
+    0) and relaxed (TTFT 4 s, TBT 200 ms, priority 1), make ordering and chunk size (the TBT of
+    the decodes sharing a step) matter. Over reset seeds 0-5 (``eval/env_baselines.py``): FCFS
+    attains 0.68 of SLOs (return 58.7), vLLM v1 with the priority policy 0.79 (69.7), vLLM v1
+    with a 256-token budget 0.71 (60.8): the heuristics differ and none is near 1;
+  * lambda = 0.5 satisfied requests per GPU-second: a GPU-second costs half a satisfied request,
+    so the cost term (about -10 per episode, ~20 GPU-s) is visible next to the SLO term (up to
+    100) without dominating it; wasted work (recompute, idle-free padding) shows up in it.
 """
 from __future__ import annotations
 
