@@ -160,6 +160,7 @@ class ServingEnv(gym.Env):
         self.specs, wl_info = self._draw_workload(options or {})
         self.engine = Engine(self.specs, self.engine_config, self.cost_model)
         self.reward_fn.reset()
+        self.observer.reset()
         self._steps = 0
         self._done = False
         self._repair_totals = dict.fromkeys(REPAIRS, 0)

@@ -60,6 +60,8 @@ SLOT_FEATURES = ("present", "running", "prefilling", "prompt", "remaining_prefil
 GLOBAL_FEATURES = ("kv_free", "running", "waiting", "hidden_waiting", "budget", "last_latency",
                    "now", "to_next_arrival", "arrived", "finished", "step", "has_predictor")
 CLIP = 10.0
+_INV_1K = 1.0 / 1024.0
+_INV_256 = 1.0 / 256.0
 
 
 def assign_slots(engine, num_slots: int) -> list:
@@ -83,6 +85,17 @@ class ObservationEncoder:
         self.F = len(SLOT_FEATURES)
         self.G = len(GLOBAL_FEATURES)
         self._zeros = [0.0] * (num_slots * self.F)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the per-request constants cached for the last workload."""
+        self._static: dict[int, tuple] = {}
+
+    @staticmethod
+    def _static_row(r) -> tuple:
+        big = 1e6  # stands in for an infinite target in the slack ratios
+        ttft, tbt = r.ttft_slo_s, r.tbt_slo_s
+        return (r.arrival_s, min(ttft, big), min(tbt, big), r.prompt_len * _INV_1K, ttft, tbt * 10.0)
 
     def encode(self, engine, slots: list, alive: dict, step: int, max_steps: int, num_requests: int,
                has_predictor: bool) -> dict:
@@ -94,14 +107,13 @@ class ObservationEncoder:
         budget = self.budget
         flat: list[float] = []
         ext = flat.extend
-        big = 1e6  # stands in for an infinite target in the slack ratios
+        static = self._static
         for r in slots:
+            st = static.get(r.rid)
+            if st is None:
+                st = static[r.rid] = self._static_row(r)
+            arr, ttft_c, tbt_c, prompt, ttft, tbt10 = st
             tt = r.token_times
-            arr = r.arrival_s
-            ttft = r.ttft_slo_s
-            tbt = r.tbt_slo_s
-            ttft_c = ttft if ttft < big else big
-            tbt_c = tbt if tbt < big else big
             rem = r.prefill_target - r.num_computed
             gen = r.num_generated
             if tt:
@@ -114,11 +126,12 @@ class ObservationEncoder:
                 ttft_slack = (arr + ttft_c - now) / ttft_c
                 tbt_slack = 1.0
             pred = r.predicted_output_len
-            ext((1.0, r.status == RUNNING, rem > 0, r.prompt_len / 1024.0, (rem if rem > 0 else 0) / 1024.0,
-                 r.num_computed / 1024.0, gen / 256.0, now - arr, since / 0.1, ttft_slack, tbt_slack,
-                 ttft, tbt / 0.1, r.num_blocks / kv_share, r.num_preemptions / 2.0,
-                 (max(pred - gen, 0) / 256.0) if pred is not None else 0.0,
-                 (rem if rem > 0 else 1) / budget, alive.get(r.rid, True), r.priority / 4.0))
+            pos = rem > 0
+            ext((1.0, r.status == RUNNING, pos, prompt, rem * _INV_1K if pos else 0.0,
+                 r.num_computed * _INV_1K, gen * _INV_256, now - arr, since * 10.0, ttft_slack, tbt_slack,
+                 ttft, tbt10, r.num_blocks / kv_share, r.num_preemptions * 0.5,
+                 (max(pred - gen, 0) * _INV_256) if pred is not None else 0.0,
+                 (rem if pos else 1) / budget, alive.get(r.rid, True), r.priority * 0.25))
         if len(slots) < K:
             ext(self._zeros[:(K - len(slots)) * F])
         out = np.fromiter(flat, dtype=np.float32, count=K * F)
