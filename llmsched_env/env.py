@@ -223,6 +223,8 @@ class ServingEnv(gym.Env):
     def episode_info(self) -> dict:
         """Episode totals: the engine's metrics summary, the objective and the reward parts."""
         m = summarize(self.engine, time.perf_counter() - self._t0)
+        m["scheduler"] = "env"  # the same keys as ``llmsched simulate --json``
+        m["preset"] = self.scenario.preset
         rf = self.reward_fn
         return {"metrics": m, "objective": m["num_slo_met"] - rf.lam * m["gpu_busy_s"],
                 "return_slo": rf.slo_total, "return_gpu": rf.gpu_total,

@@ -157,6 +157,9 @@ def test_return_equals_documented_objective(seed):
     assert sum(i["reward_gpu"] for i in infos) == pytest.approx(-0.7 * m["gpu_busy_s"], abs=1e-9)
     assert infos[-1]["reward_reconciled"] == 0
     assert m["num_finished"] == m["num_requests"]
+    from llmsched_env import simulate
+    assert set(m) == set(simulate(env.specs, "fcfs", env.scenario.preset,
+                                  engine_overrides={"num_kv_blocks": 256, "max_num_seqs": 24}))
 
 
 def test_truncation_counts_unfinished_requests_as_missed():

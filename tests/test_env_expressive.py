@@ -19,7 +19,7 @@ NOT_EXPRESSIBLE = {
     "optimal": "replays a CP-SAT schedule whose chunk sizes are arbitrary integers, not a whole "
                "remainder, a configured chunk size or the rest of a budget level",
 }
-VOLATILE = {"wall_s", "steps_per_s"}
+VOLATILE = {"wall_s", "steps_per_s", "scheduler", "preset"}  # timing and labels
 K = 32
 # Small KV (preemptions happen), a 1024-token budget (budget-remainder chunks) and a high arrival
 # rate (queues form); 20-28 requests, so every request fits in the K slots.
