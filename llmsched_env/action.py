@@ -26,8 +26,9 @@ Decoding order (``ActionDecoder.decode``), and the repair each joint limit gets,
      the budget left (``budget_shrink``) or drop it when none is left, and drop a decode
      (``budget_drop``); blocks beyond the free KV shrink a prefill to what fits (``kv_shrink``)
      or drop it / a decode (``kv_drop``).
-  5. FILL slots in slot order get min(remaining prefill, budget left, KV that fits); one that
-     gets nothing is dropped (``fill_empty``, not an error: nothing fitted).
+  5. FILL slots in slot order get min(remaining prefill, budget left, KV that fits); a waiting
+     one is dropped when the running set is full (``seq_limit``), one that gets nothing is
+     dropped (``fill_empty``, not an error: nothing fitted).
   6. If the plan would be empty while no future arrival can change anything (the engine would
      stall), the first slot in order that can run gets FILL semantics, or, if none can (KV
      deadlock), the newest running request is preempted: ``forced_progress``.
@@ -214,6 +215,9 @@ class ActionDecoder:
             if not running:
                 seqs += 1
         for req, running in fills:
+            if not running and seqs >= max_seqs:
+                repairs["seq_limit"] = repairs.get("seq_limit", 0) + 1
+                continue
             nt = self._fill(req, running, left, free, seqs)
             if nt < 1:
                 repairs["fill_empty"] = repairs.get("fill_empty", 0) + 1

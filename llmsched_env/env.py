@@ -79,7 +79,9 @@ class ServingEnv(gym.Env):
 
     ## Episode End
     Terminated when every request has finished; truncated after ``max_steps`` steps (unfinished
-    requests count as SLO misses). The final ``info`` holds ``metrics`` (the engine's metrics
+    requests count as SLO misses). Truncation is the environment's own, not a ``TimeLimit``
+    wrapper, so that the final reward settles the unfinished requests and the return stays equal
+    to the objective. The final ``info`` holds ``metrics`` (the engine's metrics
     summary, the keys of ``llmsched simulate --json``) and ``objective``.
 
     ## Arguments

@@ -100,7 +100,8 @@ class ObservationEncoder:
     def encode(self, engine, slots: list, alive: dict, step: int, max_steps: int, num_requests: int,
                has_predictor: bool) -> dict:
         """Features of the slotted requests. ``alive`` maps rid -> False for requests whose SLO
-        miss is certain (missing keys = still alive)."""
+        miss is certain (missing keys = still alive); a slotted request found past its TTFT
+        target without a first token is marked there."""
         K, F = self.K, self.F
         now = engine.now_s
         kv_share = self.kv_share
@@ -125,6 +126,8 @@ class ObservationEncoder:
                 since = now - arr
                 ttft_slack = (arr + ttft_c - now) / ttft_c
                 tbt_slack = 1.0
+                if since > ttft:  # no first token yet and its TTFT target has passed
+                    alive[r.rid] = False
             pred = r.predicted_output_len
             pos = rem > 0
             ext((1.0, r.status == RUNNING, pos, prompt, rem * _INV_1K if pos else 0.0,

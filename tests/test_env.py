@@ -296,3 +296,43 @@ def test_render_modes():
     frame = env.render()
     assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
     assert len(np.unique(frame.reshape(-1, 3), axis=0)) > 3  # something was drawn
+
+
+# ---------------------------------------------------------------------------- observation
+def test_slot_assignment_and_feature_units():
+    env = small_env(num_slots=4, waiting_slots=1, chunk_sizes=(16,))
+    specs = [RequestSpec(rid=0, arrival_s=0.0, prompt_len=100, output_len=5, ttft_slo_s=0.5, tbt_slo_s=0.05,
+                         predicted_output_len=8),
+             RequestSpec(rid=1, arrival_s=0.0, prompt_len=2048, output_len=3, ttft_slo_s=1e-4, tbt_slo_s=0.1,
+                         priority=2)]
+    specs += [RequestSpec(rid=i, arrival_s=0.0, prompt_len=10, output_len=2) for i in range(2, 6)]
+    obs, _ = env.reset(seed=0, options={"workload": specs})
+    f = {name: i for i, name in enumerate(SLOT_FEATURES)}
+    g = {name: i for i, name in enumerate(GLOBAL_FEATURES)}
+    assert [r.rid for r in env.slots] == [0, 1, 2, 3]  # waiting queue head only: K = 4
+    assert obs["global"][g["hidden_waiting"]] == pytest.approx(2 / 4)
+    assert obs["global"][g["has_predictor"]] == 1.0
+    a = np.full(env.action_space.shape, HOLD)
+    a[0] = CHUNK0  # 16 tokens of rid 0's prompt
+    a[-1] = len(env.decoder.budget_levels) - 1
+    obs, _, _, _, info = env.step(a)
+    x = obs["slots"].reshape(4, len(SLOT_FEATURES))
+    assert [r.rid for r in env.slots] == [0, 1, 2, 3]  # running first, then the queue
+    lat = info["latency_s"]
+    row = x[0]
+    assert row[f["present"]] == 1 and row[f["running"]] == 1 and row[f["prefilling"]] == 1
+    assert row[f["prompt"]] == pytest.approx(100 / 1024)
+    assert row[f["remaining_prefill"]] == pytest.approx(84 / 1024)
+    assert row[f["computed"]] == pytest.approx(16 / 1024)
+    assert row[f["age"]] == pytest.approx(lat, rel=1e-5)
+    assert row[f["ttft_slack"]] == pytest.approx((0.5 - lat) / 0.5, rel=1e-5)
+    assert row[f["tbt_target"]] == pytest.approx(0.5)
+    assert row[f["kv_blocks"]] == pytest.approx(1 / (256 / 4))
+    assert row[f["pred_remaining"]] == pytest.approx(8 / 256)
+    assert row[f["slo_alive"]] == 1
+    row = x[1]  # waiting, TTFT target (0.1 ms) already missed
+    assert row[f["running"]] == 0 and row[f["slo_alive"]] == 0 and row[f["ttft_slack"]] < 0
+    assert row[f["priority"]] == pytest.approx(0.5) and row[f["owed_vs_budget"]] == pytest.approx(2048 / 8192)
+    assert not x[:, f["present"]].tolist().count(0)
+    assert obs["global"][g["kv_free"]] == pytest.approx(255 / 256)
+    assert obs["global"][g["step"]] == pytest.approx(1 / env.scenario.max_steps)
