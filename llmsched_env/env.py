@@ -288,13 +288,18 @@ class ServingEnv(gym.Env):
                  f"KV [{'#' * fill}{'.' * (width - fill)}] {used}/{cfg.num_kv_blocks} blocks",
                  f"last batch: {len(plan.tokens)} requests, {plan.num_tokens} tokens, "
                  f"{len(plan.preempt)} preempted, {eng.last_step_latency_s * 1e3:.1f} ms",
-                 "slot   rid  state    prefill       out       next"]
+                 "slot   rid  state     phase               output     last step"]
         for i, r in enumerate(self._slots):
             state = "running" if r.status == RUNNING else ("requeued" if r.num_preemptions else "waiting")
+            if r.num_computed < r.prefill_target:
+                phase = f"prefill {r.num_computed}/{r.prefill_target}"
+            else:
+                phase = f"decode kv {r.num_computed}"
             ran = plan.tokens.get(r.rid)
-            lines.append(f"{i:4d} {r.rid:5d}  {state:8s} {r.num_computed:6d}/{r.prefill_target:<6d} "
-                         f"{r.num_generated:4d}/{r.output_len:<4d} "
-                         f"{'' if ran is None else f'ran {ran}'}")
+            last = "" if ran is None else f"ran {ran}"
+            if r.rid in plan.preempt:
+                last = "preempted"
+            lines.append(f"{i:4d} {r.rid:5d}  {state:9s} {phase:19s} {r.num_generated:4d}/{r.output_len:<5d} {last}")
         hidden = eng.num_waiting - (len(self._slots) - len(eng.running))
         if hidden > 0:
             lines.append(f"  ... {hidden} more waiting beyond the {self.scenario.num_slots} slots")
