@@ -7,7 +7,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import llmsched_env
 from llmsched_env import ServingEnv, WorkloadConfig
 from llmsched_env.action import CHUNK0, FILL, HOLD, PREEMPT, RUN
 from llmsched_env.observation import GLOBAL_FEATURES, SLOT_FEATURES
