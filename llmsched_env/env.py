@@ -48,8 +48,12 @@ class ServingEnv(gym.Env):
     (sb3-contrib convention) of choices feasible on their own; joint limits (budget, KV, running
     cap) are repaired by ``ActionDecoder`` in a documented order (``llmsched_env.action``), each
     repair counted in ``info["repairs"]``. A wrong shape or out-of-range value raises
-    ``ValueError`` naming the slot. Any baseline's plan can be encoded exactly
-    (``encode_plan``) when its requests fit in the K slots.
+    ``ValueError`` naming the slot. An all-hold action waits: the clock jumps to the next
+    arrival. Which requests are preempted is the action's; their order is the engine's (re-queued
+    at the head in admission order). ``encode_plan`` turns any scheduler's plan into the action
+    that decodes to exactly it, when the plan's requests are in the K slots and at most one of its
+    partial chunks is neither a chunk size nor the rest of a budget level (else
+    ``NotExpressible`` says why); every registered baseline is tested this way.
 
     ## Observation Space
     ``Dict(slots=Box(-10, 10, (K * F,), float32), global=Box(-10, 10, (G,), float32))``; ``slots``
