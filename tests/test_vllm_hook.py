@@ -12,6 +12,8 @@ import os
 import pytest
 
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+if os.environ.get("LLMSCHED_REQUIRE_VLLM"):  # make test-vllm: a missing vLLM is a failure
+    import vllm.v1.core.sched.scheduler  # noqa: F401
 pytest.importorskip(
     "vllm.v1.core.sched.scheduler",
     reason="vLLM is not installed: run `make test-vllm` (installs the .[vllm] extra and vllm "
