@@ -20,8 +20,7 @@ newest running request, or the lowest priority under ``--scheduling-policy prior
 request that cannot be allocated is not admitted this step; chunks are clamped to what the
 request is owed and to the budget; ids that are not running/waiting are ignored. Features the
 hook does not drive (speculative decoding, multimodal/encoder inputs, KV/EC connectors, LoRA,
-pipeline parallelism, async scheduling placeholders, Mamba/hybrid alignment, prefix replay,
-paused scheduling) make it hand the step to vLLM's ``Scheduler.schedule()`` unchanged, counted
+pipeline parallelism, Mamba/hybrid alignment, prefix replay, paused scheduling) make it hand the step to vLLM's ``Scheduler.schedule()`` unchanged, counted
 under ``fallback_steps``.
 
 Choosing the policy (first found wins):
@@ -80,6 +79,8 @@ class HookStats:
         prefix_cache_tokens: prompt tokens admitted requests found in vLLM's prefix cache (their
             planned chunk shrinks accordingly).
         policy_errors: steps whose policy raised (vLLM's own ``schedule()`` ran instead).
+        in_flight: planned running requests skipped because their previous step's output had
+            not come back (only with async scheduling on).
     """
 
     policy_steps: int = 0
@@ -91,6 +92,7 @@ class HookStats:
     ignored: int = 0
     prefix_cache_tokens: int = 0
     policy_errors: int = 0
+    in_flight: int = 0
 
 
 def _env_seconds(name: str) -> float:
@@ -155,6 +157,11 @@ class LLMSchedScheduler(Scheduler):
             num_gpus=self.parallel_config.tensor_parallel_size,
         )
         self._unsupported = self._unsupported_features()
+        if self.scheduler_config.async_scheduling:
+            logger.warning("llmsched hook: async scheduling is on, but LLMSchedScheduler is a "
+                           "synchronous scheduler (like vLLM's Scheduler): a request whose last "
+                           "step is still in flight cannot run, so steps alternate. Serve with "
+                           "--no-async-scheduling.")
         name = getattr(self.llmsched_policy, "name", type(self.llmsched_policy).__name__)
         if self._unsupported:
             logger.warning("llmsched policy %r is NOT driving this engine: vLLM's own scheduler "
@@ -174,7 +181,6 @@ class LLMSchedScheduler(Scheduler):
             or self.is_encoder_decoder,
             "LoRA": self.lora_config is not None,
             "pipeline parallelism": self.use_pp,
-            "async scheduling": bool(self.scheduler_config.async_scheduling),
             "Mamba/hybrid block alignment": self.need_mamba_block_aligned_split,
             "prefix replay": self.prefix_replay_tokens > 0 or self.num_prefill_lookahead > 0,
             "aux output connector": self.aux_output_connector is not None,
@@ -302,6 +308,9 @@ class LLMSchedScheduler(Scheduler):
             if n is None:
                 continue
             owed = req.num_tokens - req.num_computed_tokens
+            if owed <= 0:  # its last step's output has not come back yet (async engine)
+                stats.in_flight += 1
+                continue
             ok = min(max(int(n), 1), owed, budget,
                      self.max_model_len - req.num_computed_tokens - self.num_sampled_tokens_per_step)
             if ok != n:

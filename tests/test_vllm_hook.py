@@ -348,3 +348,38 @@ def test_policy_from_env_and_additional_config(model_config, monkeypatch):
     with pytest.raises(ValueError, match="unknown scheduler 'no-such-policy'"):
         build(model_config, policy=None)
     assert "fcfs" in REGISTRY
+
+
+class Raises:
+    name = "test-raises"
+
+    def reset(self):
+        pass
+
+    def schedule(self, view):
+        raise RuntimeError("policy bug")
+
+
+def test_policy_error_and_pause_hand_the_step_to_vllm(model_config):
+    sched = build(model_config, policy=Raises())
+    sched.add_request(vllm_request(0, 10, 2))
+    out = step(sched)
+    assert out.num_scheduled_tokens == {"req-0": 10}  # vLLM's own schedule() ran
+    assert sched.hook_stats.policy_errors == 1 and sched.hook_stats.fallback_steps["policy error"] == 1
+    from vllm.v1.core.sched.interface import PauseState
+    sched.set_pause_state(PauseState.PAUSED_ALL)
+    assert step(sched).num_scheduled_tokens == {}
+    assert sched.hook_stats.fallback_steps["paused"] == 1
+
+
+def test_in_flight_requests_are_not_scheduled_twice(model_config):
+    """An async engine schedules the next step before the last one's output is back; a request
+    whose step is in flight is skipped (vLLM's synchronous Scheduler does the same)."""
+    sched = build(model_config, policy="fcfs")
+    sched.add_request(vllm_request(0, 10, 3))
+    first = sched.schedule()
+    sched.add_request(vllm_request(1, 12, 3))
+    second = sched.schedule()
+    assert first.num_scheduled_tokens == {"req-0": 10}
+    assert second.num_scheduled_tokens == {"req-1": 12}
+    assert sched.hook_stats.in_flight == 1 and sched.hook_stats.clamped == 0
