@@ -81,6 +81,8 @@ class HookStats:
         policy_errors: steps whose policy raised (vLLM's own ``schedule()`` ran instead).
         in_flight: planned running requests skipped because their previous step's output had
             not come back (only with async scheduling on).
+        idle_with_waiting: steps whose plan was empty while requests waited and none ran (the
+            policy's choice, carried out; a policy that always does this never serves them).
     """
 
     policy_steps: int = 0
@@ -93,6 +95,7 @@ class HookStats:
     prefix_cache_tokens: int = 0
     policy_errors: int = 0
     in_flight: int = 0
+    idle_with_waiting: int = 0
 
 
 def _env_seconds(name: str) -> float:
@@ -260,6 +263,10 @@ class LLMSchedScheduler(Scheduler):
                             f"{type(plan).__name__}, not a BatchPlan")
         self.last_plan = plan
         self.hook_stats.policy_steps += 1
+        if not plan and not self.running and view.num_waiting:
+            self.hook_stats.idle_with_waiting += 1
+            self._note("idle", "the policy scheduled nothing with %s requests waiting and none "
+                       "running", view.num_waiting)
         return self._carry_out(plan, view)
 
     def _victim(self):
@@ -283,11 +290,11 @@ class LLMSchedScheduler(Scheduler):
 
         # 1. The plan's preemptions, in the order the llmsched engine applies them (each goes
         #    to the head of waiting, in vLLM as in llmsched).
-        order = {r.request_id: i for i, r in enumerate(self.running)}
+        running_ids = {r.request_id for r in self.running}
         victims = []
         for rid in plan.preempt:
             rec = by_rid.get(rid)
-            if rec is None or rec.request_id not in order or rid in plan.tokens:
+            if rec is None or rec.request_id not in running_ids or rid in plan.tokens:
                 stats.ignored += 1
                 self._note("bad-preempt", "plan preempts request %s, which is not running or is "
                            "also scheduled; ignored", rid)
@@ -348,7 +355,7 @@ class LLMSchedScheduler(Scheduler):
         for rid, n in plan.tokens.items():
             rec = by_rid.get(rid)
             if rec is None or (rec.request_id not in waiting_ids
-                               and rec.request_id not in order):
+                               and rec.request_id not in running_ids):
                 stats.ignored += 1
                 self._note("bad-id", "plan schedules request %s, which is neither running nor "
                            "waiting; ignored", rid)
@@ -384,7 +391,8 @@ class LLMSchedScheduler(Scheduler):
         if not self._handle_blocked_waiting_request(req):
             return "blocked (grammar/streaming)"
         computed_blocks, num_cached = self.kv_cache_manager.empty_kv_cache_blocks, 0
-        if req.num_computed_tokens == 0:
+        looked_up = req.num_computed_tokens == 0
+        if looked_up:
             computed_blocks, num_cached, req.shared_prefix_boundary, _ = (
                 self._get_local_prefix_cache_hit(req))
         owed = req.num_tokens - num_cached
@@ -399,7 +407,7 @@ class LLMSchedScheduler(Scheduler):
             has_scheduled_reqs=bool(self.running))
         if blocks is None:
             return "KV cache"
-        if num_cached or req.num_computed_tokens == 0:
+        if looked_up:
             self.kv_cache_manager.record_prefix_cache_stats(req, num_cached)
         if req.prefill_stats and req.num_preemptions <= 0:
             req.prefill_stats.set(num_prompt_tokens=req.num_prompt_tokens,
