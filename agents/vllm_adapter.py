@@ -26,12 +26,17 @@ llmsched                    vLLM v1
 ``max_output_len``          ``max_tokens`` (a cap, not the true length)
 ``ttft_slo_s/tbt_slo_s``    ``LLMSCHED_TTFT_SLO_S`` / ``LLMSCHED_TBT_SLO_S`` (default inf)
 ``token_times``             hook-clock times of the steps that produced the request's tokens
+``first/last_scheduled_s``  hook-clock times of the request's first and latest scheduled step
 ==========================  ==================================================================
+
+Engine-level extras: ``finished`` (snapshots, finish order), ``busy_s`` and
+``last_step_latency_s`` (wall time from ``schedule()`` to that step's outputs), ``used_blocks``.
 """
 from __future__ import annotations
 
 import ast
 import math
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from llmsched_env.engine import EngineConfig
@@ -43,6 +48,10 @@ DEFAULT_POLICY = "fcfs"
 
 class OracleUnavailable(AttributeError):
     """A scheduler read ``output_len`` (the true output length), which no serving engine knows."""
+
+
+class CostModelUnavailable(AttributeError):
+    """A scheduler read ``view.cost_model`` but none was configured (``LLMSCHED_COST_PRESET``)."""
 
 
 class PolicySpecError(ValueError):
@@ -98,7 +107,8 @@ class VLLMRequestView:
     """One vLLM ``Request`` with llmsched ``Request`` attribute names (read-only)."""
 
     __slots__ = ("_req", "_view", "rid", "request_id", "arrival_s", "prefill_target",
-                 "token_times", "ttft_slo_s", "tbt_slo_s")
+                 "token_times", "ttft_slo_s", "tbt_slo_s", "first_scheduled_s",
+                 "last_scheduled_s", "admitted_s", "finish_s")
 
     def __init__(self, req, view: "VLLMEngineView", rid: int, arrival_s: float,
                  ttft_slo_s: float = math.inf, tbt_slo_s: float = math.inf):
@@ -111,6 +121,10 @@ class VLLMRequestView:
         self.token_times: list[float] = []
         self.ttft_slo_s = ttft_slo_s
         self.tbt_slo_s = tbt_slo_s
+        self.first_scheduled_s: Optional[float] = None
+        self.last_scheduled_s: Optional[float] = None
+        self.admitted_s: Optional[float] = None
+        self.finish_s: Optional[float] = None
 
     # -- fields read straight from vLLM
     @property
@@ -181,9 +195,43 @@ class VLLMRequestView:
     def first_token_s(self) -> Optional[float]:
         return self.token_times[0] if self.token_times else None
 
+    def finished_copy(self) -> "FinishedRequest":
+        """A light snapshot for ``view.finished`` that keeps no vLLM objects alive."""
+        return FinishedRequest(self.rid, self.request_id, self.arrival_s, self.prompt_len,
+                               self.num_generated, self.priority, self.num_preemptions,
+                               self.token_times, self.ttft_slo_s, self.tbt_slo_s,
+                               self.first_scheduled_s, self.last_scheduled_s, self.admitted_s,
+                               self.finish_s)
+
     def __repr__(self) -> str:
         return (f"VLLMRequestView(rid={self.rid}, id={self.request_id!r}, computed="
                 f"{self.num_computed}/{self.prefill_target}, generated={self.num_generated})")
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRequest:
+    """A request vLLM finished (stop or length), as ``view.finished`` lists it."""
+
+    rid: int
+    request_id: str
+    arrival_s: float
+    prompt_len: int
+    num_generated: int
+    priority: int
+    num_preemptions: int
+    token_times: list
+    ttft_slo_s: float
+    tbt_slo_s: float
+    first_scheduled_s: Optional[float]
+    last_scheduled_s: Optional[float]
+    admitted_s: Optional[float]
+    finish_s: Optional[float]
+    status: int = FINISHED
+    num_blocks: int = 0
+
+    @property
+    def first_token_s(self) -> Optional[float]:
+        return self.token_times[0] if self.token_times else None
 
 
 class VLLMEngineView:
@@ -197,14 +245,21 @@ class VLLMEngineView:
         now_s: the hook clock now, seconds.
         cost_model: a llmsched cost model if one was configured, else None.
         waiting: schedulable waiting vLLM requests in vLLM's queue order.
+        finished: ``FinishedRequest`` snapshots in finish order (only appended to).
+        busy_s: total wall seconds from each non-empty step's ``schedule()`` to its outputs.
+        last_step_latency_s: that time for the last step whose outputs came back, seconds.
     """
 
     def __init__(self, sched, records: dict, config: EngineConfig, now_s: float,
-                 cost_model, waiting: list):
+                 cost_model, waiting: list, finished: list, busy_s: float,
+                 last_step_latency_s: float):
         self._sched = sched
         self.config = config
         self.now_s = now_s
-        self.cost_model = cost_model
+        self._cost_model = cost_model
+        self.finished = finished
+        self.busy_s = busy_s
+        self.last_step_latency_s = last_step_latency_s
         self.running: dict[int, VLLMRequestView] = {}
         for req in sched.running:
             rec = records[req.request_id]
@@ -230,6 +285,20 @@ class VLLMEngineView:
     @property
     def num_waiting(self) -> int:
         return len(self._waiting)
+
+    @property
+    def cost_model(self):
+        """The llmsched cost model offered to the policy (batch latency estimates, seconds)."""
+        if self._cost_model is None:
+            raise CostModelUnavailable(
+                "this scheduler reads engine.cost_model, but the vLLM hook has none: set "
+                "LLMSCHED_COST_PRESET to an llmsched preset (llmsched_env.presets.list_presets()) "
+                "matching the served model and GPU")
+        return self._cost_model
+
+    @property
+    def used_blocks(self) -> int:
+        return self.config.num_kv_blocks - self.free_blocks
 
     @property
     def free_blocks(self) -> int:

@@ -54,8 +54,8 @@ from vllm.v1.request import RequestStatus
 from llmsched_env.engine import EngineConfig
 from llmsched_env.plan import BatchPlan
 
-from .vllm_adapter import (DEFAULT_POLICY, OracleUnavailable, VLLMEngineView, VLLMRequestView,
-                           policy_from_spec)
+from .vllm_adapter import (DEFAULT_POLICY, CostModelUnavailable, OracleUnavailable,
+                           VLLMEngineView, VLLMRequestView, policy_from_spec)
 
 VLLM_VERSION = "0.33.0"
 
@@ -148,6 +148,10 @@ class LLMSchedScheduler(Scheduler):
         self.clock = time.time
         self._t0 = self.clock()
         self._records: dict[str, VLLMRequestView] = {}
+        self._finished: list = []
+        self._busy_s = 0.0
+        self._last_latency_s = 0.0
+        self._in_flight_since: dict[int, float] = {}  # id(SchedulerOutput) -> schedule time
         self._next_rid = 0
         self._warned: set[str] = set()
         self.llmsched_config = EngineConfig(
@@ -221,12 +225,21 @@ class LLMSchedScheduler(Scheduler):
     def update_from_output(self, scheduler_output, model_runner_output):
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         now = self.clock() - self._t0
+        started = self._in_flight_since.pop(id(scheduler_output), None)
+        if started is not None:
+            self._last_latency_s = max(now - started, 0.0)
+            self._busy_s += self._last_latency_s
         for req_id in scheduler_output.num_scheduled_tokens:
             rec = self._records.get(req_id)
-            if rec is not None:
-                missing = rec._req.num_output_tokens - len(rec.token_times)
-                if missing > 0:
-                    rec.token_times.extend([now] * missing)
+            if rec is None:
+                continue
+            missing = rec._req.num_output_tokens - len(rec.token_times)
+            if missing > 0:
+                rec.token_times.extend([now] * missing)
+            if rec._req.is_finished():
+                rec.finish_s = now
+                self._finished.append(rec.finished_copy())
+                del self._records[req_id]
         return outputs
 
     def make_view(self) -> VLLMEngineView:
@@ -240,10 +253,26 @@ class LLMSchedScheduler(Scheduler):
         for r in waiting:
             records[r.request_id].prefill_target = r.num_tokens
         return VLLMEngineView(self, records, self.llmsched_config, self.clock() - self._t0,
-                              self.llmsched_cost_model, waiting)
+                              self.llmsched_cost_model, waiting, self._finished, self._busy_s,
+                              self._last_latency_s)
 
     # ------------------------------------------------------------ the step
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        output = self._schedule(throttle_prefills)
+        if output.total_num_scheduled_tokens:
+            now = self.clock() - self._t0
+            if len(self._in_flight_since) > 64:  # outputs that never came back
+                self._in_flight_since.clear()
+            self._in_flight_since[id(output)] = now
+            for req_id in output.num_scheduled_tokens:
+                rec = self._records.get(req_id)
+                if rec is not None:
+                    if rec.first_scheduled_s is None:
+                        rec.first_scheduled_s = rec.admitted_s = now
+                    rec.last_scheduled_s = now
+        return output
+
+    def _schedule(self, throttle_prefills: bool) -> SchedulerOutput:
         reason = self._step_fallback_reason()
         if reason is not None:
             self.hook_stats.fallback_steps[reason] += 1
@@ -251,11 +280,16 @@ class LLMSchedScheduler(Scheduler):
         view = self.make_view()
         try:
             plan = self.llmsched_policy.schedule(view)
-        except OracleUnavailable:
-            raise
+        except (OracleUnavailable, CostModelUnavailable):
+            raise  # configuration errors: the policy can never run here as configured
         except Exception:
             self.hook_stats.policy_errors += 1
-            logger.exception("llmsched hook: the policy raised; vLLM's own scheduler runs this step")
+            if self.hook_stats.policy_errors == 1:
+                logger.exception("llmsched hook: the policy raised; vLLM's own scheduler runs "
+                                 "this step (and every step where it raises; counted in "
+                                 "hook_stats.policy_errors)")
+            else:
+                logger.debug("llmsched hook: the policy raised again", exc_info=True)
             self.hook_stats.fallback_steps["policy error"] += 1
             return super().schedule(throttle_prefills)
         if not isinstance(plan, BatchPlan):
