@@ -342,8 +342,8 @@ class LLMSchedScheduler(Scheduler):
         # 2. Running requests in the plan, in vLLM's running order.
         waiting_ids = {rec.request_id for rec in view.iter_waiting()}
         for req in list(self.running):
-            if req.status != RequestStatus.RUNNING or req not in self.running:
-                continue  # preempted by a fallback below
+            if req.status != RequestStatus.RUNNING:
+                continue  # preempted by a fallback earlier in this loop
             rec = self._records[req.request_id]
             n = plan.tokens.get(rec.rid)
             if n is None:

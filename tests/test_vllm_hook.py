@@ -6,7 +6,6 @@ policy planned. Needs the ``vllm`` extra (``make test-vllm``); skipped otherwise
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -19,19 +18,12 @@ pytest.importorskip(
     reason="vLLM is not installed: run `make test-vllm` (installs the .[vllm] extra and vllm "
            "0.33.0 with --no-deps via scripts/install_vllm.sh)")
 
-import torch  # noqa: E402
-from vllm.config import (CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig,  # noqa: E402
-                         VllmConfig)
-from vllm.sampling_params import SamplingParams  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler as VLLMScheduler  # noqa: E402
-from vllm.v1.kv_cache_interface import (FullAttentionSpec, KVCacheConfig,  # noqa: E402
-                                        KVCacheGroupSpec)
-from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
-from vllm.v1.request import Request  # noqa: E402
-from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
 from agents.vllm_adapter import CostModelUnavailable, OracleUnavailable  # noqa: E402
 from agents.vllm_hook import LLMSchedScheduler  # noqa: E402
+from agents.vllm_offline import build_scheduler, fake_step, tiny_model_config  # noqa: E402
+from agents.vllm_offline import make_request as vllm_request  # noqa: E402
 from llmsched_env.cost_model import LinearCostModel  # noqa: E402
 from llmsched_env.engine import Engine, EngineConfig  # noqa: E402
 from llmsched_env.plan import BatchPlan  # noqa: E402
@@ -39,56 +31,19 @@ from llmsched_env.request import RequestSpec  # noqa: E402
 from llmsched_env.scheduler import REGISTRY, available_schedulers, make_scheduler  # noqa: E402
 
 BLOCK = 16
-TOKEN = 7  # what the fake model samples
 
 
 @pytest.fixture(scope="module")
 def model_config(tmp_path_factory):
     """A tiny Llama-shaped config.json in a local folder (no weights, no tokenizer)."""
-    d = tmp_path_factory.mktemp("tiny-llama")
-    (d / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "num_hidden_layers": 2, "vocab_size": 1000, "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5, "torch_dtype": "float32", "tie_word_embeddings": False}))
-    return ModelConfig(model=str(d), skip_tokenizer_init=True, max_model_len=2048,
-                       dtype="float32")
+    return tiny_model_config(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def build(model_config, cls=LLMSchedScheduler, num_blocks=32, budget=64, max_seqs=4,
-          sched_policy="fcfs", prefix_caching=False, reserve_full=False, **kw):
-    """A vLLM scheduler of class ``cls``; ``num_blocks`` counts vLLM's null block."""
-    sc = SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget,
-                         max_model_len=model_config.max_model_len, enable_chunked_prefill=True,
-                         is_encoder_decoder=False, policy=sched_policy,
-                         scheduler_reserve_full_isl=reserve_full, async_scheduling=False)
-    cc = CacheConfig(block_size=BLOCK, enable_prefix_caching=prefix_caching)
-    cc.num_gpu_blocks = num_blocks
-    vc = VllmConfig(model_config=model_config, scheduler_config=sc, cache_config=cc,
-                    device_config=DeviceConfig(device="cpu"))
-    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=16, dtype=torch.float32)
-    kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
-                       kv_cache_groups=[KVCacheGroupSpec(["layers.0"], spec)])
-    return cls(vllm_config=vc, kv_cache_config=kv, structured_output_manager=StructuredOutputManager(vc),
-               block_size=BLOCK, **kw)
+def build(model_config, cls=LLMSchedScheduler, **kw):
+    return build_scheduler(model_config, cls, block_size=BLOCK, **kw)
 
 
-def vllm_request(i, prompt, output, priority=0, arrival=1000.0, first_token=0):
-    return Request(request_id=f"req-{i}", prompt_token_ids=[first_token + i] + [1] * (prompt - 1),
-                   sampling_params=SamplingParams(max_tokens=output, ignore_eos=True),
-                   pooling_params=None, arrival_time=arrival + i * 1e-3, priority=priority)
-
-
-def step(sched):
-    """One engine step: schedule, fake the forward pass, feed the outputs back."""
-    out = sched.schedule()
-    ids = list(out.num_scheduled_tokens)
-    sampled = [[TOKEN] if sched.requests[r].num_computed_tokens >= sched.requests[r].num_tokens
-               else [] for r in ids]
-    mro = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: k for k, r in enumerate(ids)},
-                            sampled_token_ids=sampled)
-    sched.update_from_output(out, mro)
-    return out
+step = fake_step
 
 
 def rid_of(sched, req_id):
