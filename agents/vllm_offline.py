@@ -44,7 +44,8 @@ def tiny_model_config(folder: str | Path, max_model_len: int = 2048) -> ModelCon
 
 def build_scheduler(model_config: ModelConfig, cls, num_blocks: int = 32, block_size: int = 16,
                     budget: int = 64, max_seqs: int = 4, sched_policy: str = "fcfs",
-                    prefix_caching: bool = False, reserve_full: bool = False, **kwargs):
+                    prefix_caching: bool = False, reserve_full: bool = False,
+                    additional_config: dict | None = None, **kwargs):
     """A vLLM scheduler of class ``cls`` (``num_blocks`` includes vLLM's one null block);
     ``kwargs`` go to the class (e.g. ``policy=`` for ``LLMSchedScheduler``)."""
     sc = SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget,
@@ -54,7 +55,8 @@ def build_scheduler(model_config: ModelConfig, cls, num_blocks: int = 32, block_
     cc = CacheConfig(block_size=block_size, enable_prefix_caching=prefix_caching)
     cc.num_gpu_blocks = num_blocks
     vc = VllmConfig(model_config=model_config, scheduler_config=sc, cache_config=cc,
-                    device_config=DeviceConfig(device="cpu"))
+                    device_config=DeviceConfig(device="cpu"),
+                    additional_config=additional_config or {})
     spec = FullAttentionSpec(block_size=block_size, num_kv_heads=2, head_size=16,
                              dtype=torch.float32)
     kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
@@ -64,12 +66,26 @@ def build_scheduler(model_config: ModelConfig, cls, num_blocks: int = 32, block_
                **kwargs)
 
 
+def block_hasher(sched):
+    """The request block hasher vLLM's engine core gives requests when prefix caching is on."""
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    fn = get_hash_fn_by_name(sched.cache_config.prefix_caching_hash_algo)
+    init_none_hash(fn)
+    return get_request_block_hasher(sched.hash_block_size, fn)
+
+
 def make_request(i: int, prompt: int, output: int, priority: int = 0,
-                 arrival_time: float = 1000.0) -> Request:
-    """Request ``req-{i}``: ``prompt`` prompt tokens, exactly ``output`` output tokens."""
-    return Request(request_id=f"req-{i}", prompt_token_ids=[i % 1000] + [1] * (prompt - 1),
+                 arrival_time: float = 1000.0, first_token: int | None = None,
+                 hasher=None) -> Request:
+    """Request ``req-{i}``: ``prompt`` prompt tokens (the first is ``first_token``, default
+    ``i``, then ones: equal first tokens make a shared prefix), exactly ``output`` output
+    tokens. ``hasher``: ``block_hasher(sched)`` where prefix caching should see the prompt."""
+    first = i % 1000 if first_token is None else first_token
+    return Request(request_id=f"req-{i}", prompt_token_ids=[first] + [1] * (prompt - 1),
                    sampling_params=SamplingParams(max_tokens=output, ignore_eos=True),
-                   pooling_params=None, arrival_time=arrival_time + i * 1e-3, priority=priority)
+                   pooling_params=None, arrival_time=arrival_time + i * 1e-3, priority=priority,
+                   block_hasher=hasher)
 
 
 def fake_step(sched):

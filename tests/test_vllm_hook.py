@@ -334,6 +334,9 @@ def test_policy_from_env_and_additional_config(model_config, monkeypatch):
     monkeypatch.setenv("LLMSCHED_POLICY", "vllm-v1:policy='priority'")
     sched = build(model_config, policy=None)
     assert sched.llmsched_policy.name == "vllm-v1" and sched.llmsched_policy.policy == "priority"
+    sched = build(model_config, policy=None,
+                  additional_config={"llmsched_policy": "vllm-v1:token_budget=32"})
+    assert sched.llmsched_policy.policy == "fcfs" and sched.llmsched_policy.token_budget == 32
     monkeypatch.setenv("LLMSCHED_POLICY", "no-such-policy")
     with pytest.raises(ValueError, match="unknown scheduler 'no-such-policy'"):
         build(model_config, policy=None)
@@ -373,3 +376,20 @@ def test_in_flight_requests_are_not_scheduled_twice(model_config):
     assert first.num_scheduled_tokens == {"req-0": 10}
     assert second.num_scheduled_tokens == {"req-1": 12}
     assert sched.hook_stats.in_flight == 1 and sched.hook_stats.clamped == 0
+
+
+def test_prefix_cache_hits_shrink_the_planned_chunk(model_config):
+    """With prefix caching on, a request whose prompt is already cached computes only the
+    rest: the plan's chunk starts after vLLM's hit (counted, not a clamp)."""
+    from agents.vllm_offline import block_hasher
+    sched = build(model_config, policy="fcfs", num_blocks=32, prefix_caching=True)
+    hasher = block_hasher(sched)
+    sched.add_request(vllm_request(0, 50, 3, first_token=5, hasher=hasher))
+    step(sched)
+    sched.add_request(vllm_request(1, 50, 3, first_token=5, hasher=hasher))
+    out = step(sched)
+    # 48 tokens (3 full blocks) of req-1 come from the cache; fcfs planned 50, vLLM computes 2.
+    assert sched.last_plan.tokens[1] == 50 and out.num_scheduled_tokens["req-1"] == 2
+    assert sched.hook_stats.prefix_cache_tokens == 48 and sched.hook_stats.clamped == 0
+    while sched.get_num_unfinished_requests():
+        step(sched)
