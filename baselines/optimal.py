@@ -379,14 +379,20 @@ class ScheduleModel:
             self._build_slo(arrivals)
         g = cfg.num_gpus
         if self.objective == "gpu_time":
-            self.m.minimize(self.busy)
+            self.obj_expr = self.busy
+            self.m.minimize(self.obj_expr)
         elif self.objective == "slo":
-            self.m.maximize(sum(self.met))
+            self.obj_expr = sum(self.met)
+            self.m.maximize(self.obj_expr)
         else:
             # met x W - lam x GPUs x unit_s x W x busy, with W making the price an integer >= 1000
             price = self.lam * g * self.unit_s
             self.w = max(1, int(math.ceil(1000 / price))) if price > 0 else 1
-            self.m.maximize(self.w * sum(self.met) - int(round(price * self.w)) * self.busy)
+            self.obj_expr = self.w * sum(self.met) - int(round(price * self.w)) * self.busy
+            self.m.maximize(self.obj_expr)
+        self.hint_raw = None
+        self.hint_plans: list[BatchPlan] = []
+        self.hint_latency_s: list[float] = []
 
     def _build_time(self, arrivals: list[int]) -> None:
         m, J = self.m, self.J
@@ -506,7 +512,19 @@ class ScheduleModel:
         for idx in range(len(proto.variables)):
             var = self.m.get_int_var_from_proto_index(idx)
             self.m.add_hint(var, solver.value(var))
+        self.hint_raw = int(round(solver.objective_value))
+        self.hint_plans, self.hint_latency_s = self.plans_from(solver)
         return self.natural(solver.objective_value)
+
+    def add_cutoff(self) -> None:
+        """Only schedules at least as good as the hint's (CP-SAT's presolve can drop a hint, so
+        the hint's value also becomes a constraint; the hint's schedule is the fallback)."""
+        if self.hint_raw is None:
+            return
+        if self.objective == "gpu_time":
+            self.m.add(self.obj_expr <= self.hint_raw)
+        else:
+            self.m.add(self.obj_expr >= self.hint_raw)
 
     def natural(self, raw: float) -> float:
         """A raw objective (or bound) in natural units."""
@@ -615,6 +633,7 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = num_workers
     solver.parameters.random_seed = seed
+    model.add_cutoff()
     cb = _Progress(model, console)
     st = solver.solve(model.m, cb)
     status = STATUS.get(st, str(st))
@@ -623,6 +642,18 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         bound = model.natural(solver.best_objective_bound)
         plans, lats = model.plans_from(solver)
         gap = _gap(obj, bound, objective)
+    elif st == cp_model.UNKNOWN and model.hint_raw is not None:
+        # no solution within the limit: the hint's schedule stands, with the solver's bound
+        status = "FEASIBLE"
+        obj = model.natural(model.hint_raw)
+        bound = model.natural(solver.best_objective_bound)
+        plans, lats = model.hint_plans, model.hint_latency_s
+        gap = _gap(obj, bound, objective)
+    elif st == cp_model.INFEASIBLE and model.hint_raw is not None:
+        # cannot be true (the hint satisfies every constraint): a numerical failure of the solver
+        status = "FEASIBLE (solver reported INFEASIBLE despite a feasible hint: no bound)"
+        obj, bound, gap = model.natural(model.hint_raw), None, None
+        plans, lats = model.hint_plans, model.hint_latency_s
     else:
         obj = gap = None
         bound = model.natural(solver.best_objective_bound) if st == cp_model.UNKNOWN else None
@@ -665,3 +696,24 @@ class OptimalScheduler:
             return BatchPlan()
         self._next += 1
         return BatchPlan(dict(plan.tokens), set(plan.preempt))
+
+
+def replay(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, result: SolveResult) -> dict:
+    """Replay a solved schedule through the engine with the real cost model.
+
+    Returns the engine's metrics summary plus ``latency_error``: the largest and total relative
+    difference between the model's batch latencies and the engine's (the linearisation error).
+    """
+    from llmsched_env.simulate import run
+
+    real: list[float] = []
+    summary = run(Engine(specs, config, cost), OptimalScheduler(result.plans),
+                  on_step=lambda e, p, res: None if res.idle else real.append(res.latency_s))
+    model = result.model_latency_s
+    if len(real) != len(model):
+        raise RuntimeError(f"replay ran {len(real)} batches, the solution has {len(model)}")
+    rel = [abs(m - r) / r for m, r in zip(model, real)]
+    summary["latency_error"] = {"max_rel": max(rel, default=0.0),
+                                "total_rel": abs(sum(model) - sum(real)) / sum(real) if real else 0.0,
+                                "model_busy_s": sum(model), "real_busy_s": sum(real)}
+    return summary

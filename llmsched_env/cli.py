@@ -18,7 +18,9 @@ from .cli_common import (add_engine_args, add_workload_args, engine_overrides, w
 
 console = Console()
 
-PLUGINS: list[str] = []
+PLUGINS: list[str] = [
+    "baselines.solve_cli",
+]
 
 
 def _fmt(v) -> str:
