@@ -386,8 +386,9 @@ class ScheduleModel:
             self.m.maximize(self.obj_expr)
         else:
             # met x W - lam x GPUs x unit_s x W x busy, with W making the price an integer >= 1000
+            # (the price is then rounded by < 0.05%; reported returns are recomputed exactly)
             price = self.lam * g * self.unit_s
-            self.w = max(1, int(math.ceil(1000 / price))) if price > 0 else 1
+            self.w = max(1, int(math.ceil(1000 / price * (1 - 1e-12)))) if price > 0 else 1
             self.obj_expr = self.w * sum(self.met) - int(round(price * self.w)) * self.busy
             self.m.maximize(self.obj_expr)
         self.hint_raw = None
@@ -514,7 +515,8 @@ class ScheduleModel:
             self.m.add_hint(var, solver.value(var))
         self.hint_raw = int(round(solver.objective_value))
         self.hint_plans, self.hint_latency_s = self.plans_from(solver)
-        return self.natural(solver.objective_value)
+        self.hint_value = self.exact_value(solver)
+        return self.hint_value
 
     def add_cutoff(self) -> None:
         """Only schedules at least as good as the hint's (CP-SAT's presolve can drop a hint, so
@@ -534,6 +536,15 @@ class ScheduleModel:
         if self.objective == "slo":
             return raw
         return raw / self.w
+
+    def exact_value(self, solver) -> float:
+        """The solution's objective in natural units, from its met count and busy time (no
+        rounding of the price)."""
+        busy_s = solver.value(self.busy) * self.unit_s * self.config.num_gpus
+        if self.objective == "gpu_time":
+            return busy_s
+        met = sum(solver.boolean_value(v) for v in self.met)
+        return float(met) if self.objective == "slo" else met - self.lam * busy_s
 
     def plans_from(self, solver) -> tuple[list[BatchPlan], list[float]]:
         plans, lats = [], []
@@ -638,21 +649,21 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     st = solver.solve(model.m, cb)
     status = STATUS.get(st, str(st))
     if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        obj = model.natural(solver.objective_value)
-        bound = model.natural(solver.best_objective_bound)
+        obj = model.exact_value(solver)
+        bound = obj if st == cp_model.OPTIMAL else model.natural(solver.best_objective_bound)
         plans, lats = model.plans_from(solver)
         gap = _gap(obj, bound, objective)
     elif st == cp_model.UNKNOWN and model.hint_raw is not None:
         # no solution within the limit: the hint's schedule stands, with the solver's bound
         status = "FEASIBLE"
-        obj = model.natural(model.hint_raw)
+        obj = model.hint_value
         bound = model.natural(solver.best_objective_bound)
         plans, lats = model.hint_plans, model.hint_latency_s
         gap = _gap(obj, bound, objective)
     elif st == cp_model.INFEASIBLE and model.hint_raw is not None:
         # cannot be true (the hint satisfies every constraint): a numerical failure of the solver
         status = "FEASIBLE (solver reported INFEASIBLE despite a feasible hint: no bound)"
-        obj, bound, gap = model.natural(model.hint_raw), None, None
+        obj, bound, gap = model.hint_value, None, None
         plans, lats = model.hint_plans, model.hint_latency_s
     else:
         obj = gap = None
