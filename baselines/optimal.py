@@ -592,7 +592,7 @@ def _gap(obj: float, bound: float, objective: str) -> float:
 def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, objective: str = "gpu_time",
           preemption: bool = True, time_limit_s: float = 60.0, num_workers: int = 1, lam: float = 1.0,
           max_batches: Optional[int] = None, hint: bool = True, seed: int = 0, console=None,
-          heuristics: Optional[dict] = None) -> SolveResult:
+          heuristics: Optional[dict] = None, extra_hints: Optional[dict] = None) -> SolveResult:
     """Solve a workload's schedule for ``objective``; see the module docstring for the model.
 
     Args:
@@ -604,6 +604,8 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         hint: warm-start from the best heuristic's schedule (every registered heuristic is run).
         console: a rich Console to print improving solutions on (None = silent).
         heuristics: precomputed ``heuristic_runs`` (else they are run here).
+        extra_hints: more candidate schedules ``{name: plans}`` (e.g. the no-preemption optimum
+            when solving with preemption); the best of these and the heuristic's is the hint.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} must be one of {', '.join(OBJECTIVES)}")
@@ -636,9 +638,17 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         J, rigorous, why = max_batches, False, f"capped by max_batches={max_batches}"
     model = ScheduleModel(specs, config, cost, J, objective, preemption, lam)
     hint_info = None
-    if hint and best is not None:
-        v = model.hint_from_plans(runs[best].plans)
-        hint_info = (best, v)
+    cands = ({best: runs[best].plans} if best is not None else {}) | dict(extra_hints or {})
+    if hint and cands:
+        scored = []
+        for name, plans in cands.items():
+            v = model.hint_from_plans(plans)
+            if v is not None:
+                scored.append((v, name, plans))
+        if scored:
+            v, name, plans = (min if objective == "gpu_time" else max)(scored, key=lambda t: t[0])
+            model.hint_from_plans(plans)
+            hint_info = (name, v)
     build_s = time.perf_counter() - t0
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s

@@ -27,6 +27,7 @@ from rich.table import Table
 from baselines.optimal import heuristic_runs, replay, solve
 from baselines.solve_cli import scale_lengths
 from llmsched_env.engine import EngineConfig
+from llmsched_env.plan import BatchPlan
 from llmsched_env.presets import get_preset
 from llmsched_env.workload import SLOClass, WorkloadConfig, build_workload
 
@@ -46,18 +47,19 @@ def instance(num_requests: int, window_start: int, args) -> tuple[list, EngineCo
     return specs, cfg
 
 
-def one(specs, cfg, objective, preemption, args) -> dict:
+def one(specs, cfg, objective, preemption, args, extra_hints=None) -> dict:
     cost = get_preset(args.preset).cost_model
     runs = heuristic_runs(specs, cfg, cost)
     r = solve(specs, cfg, cost, objective, preemption, args.time_limit, args.workers, args.lam,
-              hint=True, seed=args.seed, heuristics=runs)
+              hint=True, seed=args.seed, heuristics=runs, extra_hints=extra_hints)
     rep = replay(specs, cfg, cost, r) if r.plans else None
     return {"requests": len(specs), "tokens": sum(s.prompt_len + s.output_len for s in specs),
             "kv_blocks": cfg.num_kv_blocks, "objective": objective, "preemption": preemption,
             "status": r.status, "value": r.objective, "bound": r.bound, "gap": r.gap, "solve_s": r.solve_s,
             "J": r.num_batches, "batches_used": r.batches_used, "j_rigorous": r.j_rigorous,
             "heuristics": r.heuristics, "latency_error": rep["latency_error"]["max_rel"] if rep else None,
-            "replay_gpu_busy_s": rep["gpu_busy_s"] if rep else None}
+            "replay_gpu_busy_s": rep["gpu_busy_s"] if rep else None, "hint": r.hint,
+            "plans": [{"tokens": p.tokens, "preempt": sorted(p.preempt)} for p in r.plans]}
 
 
 def cmd_scaling(args) -> list[dict]:
@@ -87,8 +89,10 @@ def cmd_preemption(args) -> list[dict]:
     for k in range(args.instances):
         start = args.window_start + k * args.requests
         specs, cfg = instance(args.requests, start, args)
-        a = one(specs, cfg, "gpu_time", True, args)
         b = one(specs, cfg, "gpu_time", False, args)
+        # the no-preemption optimum is a feasible schedule with preemption too: a hint candidate
+        plans = [BatchPlan({int(k): v for k, v in p["tokens"].items()}) for p in b["plans"]]
+        a = one(specs, cfg, "gpu_time", True, args, extra_hints={"no-preemption optimum": plans})
         ratio = a["value"] / b["value"]
         rows.append({"window_start": start, "with": a, "without": b, "ratio": ratio})
         t.add_row(str(start), str(a["tokens"]), str(a["kv_blocks"]), f"{a['value']:.5g}", a["status"],
