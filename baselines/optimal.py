@@ -668,8 +668,10 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         status = "FEASIBLE"
         obj = model.hint_value
         bound = model.natural(solver.best_objective_bound)
+        if (bound > obj + 1e-9) if objective == "gpu_time" else (bound < obj - 1e-9):
+            bound = None  # stopped before any search (e.g. in presolve): no bound was proven
         plans, lats = model.hint_plans, model.hint_latency_s
-        gap = _gap(obj, bound, objective)
+        gap = None if bound is None else _gap(obj, bound, objective)
     elif st == cp_model.INFEASIBLE and model.hint_raw is not None:
         # cannot be true (the hint satisfies every constraint): a numerical failure of the solver
         status = "FEASIBLE (solver reported INFEASIBLE despite a feasible hint: no bound)"
