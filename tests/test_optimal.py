@@ -64,7 +64,7 @@ def test_no_heuristic_beats_the_optimum(seed, objective, preemption):
         v = objective_value(rec.summary, objective, LAM)
         if objective == "gpu_time":
             assert v >= r.objective - 1e-9, (name, v, r.objective)
-        elif r.j_rigorous:
+        elif r.j_rigorous or len(rec.plans) <= r.num_batches:  # the schedule is in the model's space
             assert v <= r.objective + 1e-9, (name, v, r.objective)
     rep = replay(specs, cfg, COST, r)
     assert objective_value(rep, objective, LAM) == pytest.approx(r.objective, abs=1e-9)
