@@ -117,6 +117,44 @@ def better(a: float, b: float, objective: str) -> bool:
     return a < b if objective == "gpu_time" else a > b
 
 
+RESERVE = "reserve (hint only)"
+
+
+class ReserveScheduler:
+    """A schedule that never preempts, for hints and J bounds (not registered: it reads the true
+    output lengths). FCFS with chunked prefill; a request is admitted only while the KV blocks
+    that every admitted request will need at its longest (prompt + output - 1 tokens) fit, so the
+    cache can never overflow."""
+
+    name = RESERVE
+
+    def reset(self) -> None:
+        pass
+
+    def schedule(self, engine) -> BatchPlan:
+        cfg = engine.config
+        budget = cfg.max_num_batched_tokens
+        final = lambda r: engine.blocks_for(r.prompt_len + r.output_len - 1)  # noqa: E731
+        reserved = sum(final(r) for r in engine.running.values())
+        tokens = {}
+        for r in engine.running.values():
+            if budget <= 0:
+                break
+            n = min(r.tokens_owed, budget)
+            tokens[r.rid] = n
+            budget -= n
+        resident = len(engine.running)
+        for r in engine.iter_waiting():
+            if budget <= 0 or resident >= cfg.max_num_seqs or reserved + final(r) > cfg.num_kv_blocks:
+                break
+            n = min(r.tokens_owed, budget)
+            tokens[r.rid] = n
+            budget -= n
+            reserved += final(r)
+            resident += 1
+        return BatchPlan(tokens)
+
+
 def heuristic_runs(specs, config, cost, skip=("optimal",)) -> dict[str, RecordedRun]:
     """Every registered scheduler that builds with default options and finishes the workload.
 
@@ -618,27 +656,24 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     runs = heuristics if heuristics is not None else heuristic_runs(specs, config, cost)
     values = {name: objective_value(r.summary, objective, lam) for name, r in runs.items()
               if r.summary["num_finished"] == r.summary["num_requests"]}
+    # candidates for the J bound and the hint: heuristics, plus a schedule that never preempts
+    # (a preempting schedule is outside the no-preemption problem and cannot bound it)
+    cands = {n: runs[n] for n in values if preemption or not any(p.preempt for p in runs[n].plans)}
+    reserve = record_run(specs, config, cost, ReserveScheduler())
+    cands[RESERVE] = reserve
+    cand_values = {n: objective_value(r.summary, objective, lam) for n, r in cands.items()}
     best = None
-    for name, v in values.items():
-        if best is None or better(v, values[best], objective):
+    for name, v in cand_values.items():
+        if best is None or better(v, cand_values[best], objective):
             best = name
-    incumbent = values[best] if best is not None else None
-    inc_batches = len(runs[best].plans) if best is not None else 0
-    if best is not None and not preemption and any(p.preempt for p in runs[best].plans):
-        # a preempting heuristic's value does not bound the no-preemption optimum
-        ok = {n: v for n, v in values.items() if not any(p.preempt for p in runs[n].plans)}
-        best = None
-        for name, v in ok.items():
-            if best is None or better(v, ok[best], objective):
-                best = name
-        incumbent = ok[best] if best is not None else None
-        inc_batches = len(runs[best].plans) if best is not None else 0
+    incumbent = cand_values[best]
+    inc_batches = len(cands[best].plans)
     J, rigorous, why = batch_bound(specs, config, cost, objective, preemption, incumbent, inc_batches, lam)
     if max_batches is not None and max_batches < J:
         J, rigorous, why = max_batches, False, f"capped by max_batches={max_batches}"
     model = ScheduleModel(specs, config, cost, J, objective, preemption, lam)
     hint_info = None
-    cands = ({best: runs[best].plans} if best is not None else {}) | dict(extra_hints or {})
+    cands = {best: cands[best].plans} | dict(extra_hints or {})
     if hint and cands:
         scored = []
         for name, plans in cands.items():
