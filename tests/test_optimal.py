@@ -50,7 +50,7 @@ def heuristics_that_run() -> dict:
     return out
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("objective", ["gpu_time", "slo", "return"])
 @pytest.mark.parametrize("preemption", [True, False])
 def test_no_heuristic_beats_the_optimum(seed, objective, preemption):
