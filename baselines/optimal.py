@@ -65,7 +65,7 @@ from llmsched_env.cost_model import BatchShape, CostModel
 from llmsched_env.engine import Engine, EngineConfig
 from llmsched_env.plan import BatchPlan
 from llmsched_env.request import RequestSpec
-from llmsched_env.scheduler import register
+from llmsched_env.scheduler import NeedsOptions, register
 
 from .optimal_cost import check_supported, choose_unit_s, latency_expr, min_batch_latency_s, Features
 
@@ -158,20 +158,21 @@ class ReserveScheduler:
 def heuristic_runs(specs, config, cost, skip=("optimal",)) -> dict[str, RecordedRun]:
     """Every registered scheduler that builds with default options and finishes the workload.
 
-    Schedulers whose constructor raises ``ValueError``/``TypeError`` without options (e.g.
-    ``optimal``, which needs a solution) are left out, as are those in ``skip``.
+    Schedulers that cannot be built from their name (``NeedsOptions``: ``optimal`` needs a
+    solution) or refuse the workload by design (``WorkloadNotServable``) are left out, as are
+    those in ``skip``.
     """
-    from llmsched_env.scheduler import available_schedulers, make_scheduler
+    from llmsched_env.scheduler import (NeedsOptions, WorkloadNotServable, available_schedulers,
+                                        make_scheduler)
 
     out = {}
     for name in available_schedulers():
         if name in skip:
             continue
         try:
-            sched = make_scheduler(name)
-        except (ValueError, TypeError):
-            continue
-        out[name] = record_run(specs, config, cost, sched)
+            out[name] = record_run(specs, config, cost, make_scheduler(name))
+        except (NeedsOptions, WorkloadNotServable):
+            continue  # documented: needs a solution/model, or refuses this workload by design
     return out
 
 
@@ -736,7 +737,7 @@ class OptimalScheduler:
 
     def __init__(self, plans: Optional[Sequence[BatchPlan]] = None):
         if plans is None:
-            raise ValueError("the optimal scheduler replays a solved schedule: pass plans="
+            raise NeedsOptions("the optimal scheduler replays a solved schedule: pass plans="
                              "baselines.optimal.solve(...).plans (or run `llmsched solve`)")
         self.plans = [BatchPlan(dict(p.tokens), set(p.preempt)) for p in plans]
         self._next = 0

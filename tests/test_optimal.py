@@ -13,6 +13,7 @@ from llmsched_env.engine import Engine
 from llmsched_env.plan import PlanError
 from llmsched_env.presets import get_preset
 from llmsched_env.request import RequestSpec
+from llmsched_env.scheduler import NeedsOptions, WorkloadNotServable
 from baselines.optimal import (OptimalScheduler, ScheduleModel, heuristic_runs, objective_value, record_run,
                                replay, solve)
 from baselines.optimal_cost import UnsupportedCostModel
@@ -37,14 +38,13 @@ def small_instance(seed: int) -> tuple[list[RequestSpec], EngineConfig]:
 
 
 def heuristics_that_run() -> dict:
-    """Every registered scheduler that builds with default options. Documented exclusions:
-    ``optimal`` (and any scheduler) whose constructor raises ValueError/TypeError without
-    options, i.e. needs a solution or a model to run."""
+    """Every registered scheduler that builds from its name. Documented exclusions: those that
+    raise NeedsOptions (``optimal`` needs a solution, ``ppo`` a policy)."""
     out = {}
     for name in available_schedulers():
         try:
             out[name] = make_scheduler(name)
-        except (ValueError, TypeError):
+        except NeedsOptions:
             continue
     assert "fcfs" in out and "optimal" not in out
     return out
@@ -58,7 +58,10 @@ def test_no_heuristic_beats_the_optimum(seed, objective, preemption):
     r = solve(specs, cfg, COST, objective, preemption, time_limit_s=20, lam=LAM)
     assert r.status == "OPTIMAL", r.status
     for name, sched in heuristics_that_run().items():
-        rec = record_run(specs, cfg, COST, sched)
+        try:
+            rec = record_run(specs, cfg, COST, sched)
+        except WorkloadNotServable:
+            continue  # e.g. vllm-v0: a whole prompt over the instance's tiny token budget
         if not preemption and rec.summary["num_preemptions"]:
             continue  # a preempting heuristic is outside the no-preemption problem
         v = objective_value(rec.summary, objective, LAM)
