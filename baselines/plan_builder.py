@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from llmsched_env.plan import BatchPlan
 from llmsched_env.request import RUNNING
+from llmsched_env.scheduler import WorkloadNotServable
 
 
-class PromptExceedsBudget(ValueError):
+class PromptExceedsBudget(WorkloadNotServable):
     """A whole-prompt scheduler met a prefill longer than its per-step token budget."""
 
 

@@ -20,6 +20,7 @@ console = Console()
 
 PLUGINS: list[str] = [
     "baselines.compare",
+    "baselines.solve_cli",
     "llmsched_env.profiling",
 ]
 

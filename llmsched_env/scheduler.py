@@ -28,6 +28,16 @@ class Scheduler(Protocol):
         """Forget per-workload state."""
 
 
+class WorkloadNotServable(ValueError):
+    """A scheduler's documented refusal to serve a workload (e.g. a whole-prompt scheduler and a
+    prompt over its token budget). Distinct from a PlanError, which is a scheduler bug."""
+
+
+class NeedsOptions(ValueError):
+    """A scheduler that cannot be built from its name alone (e.g. ``optimal`` needs a solved
+    schedule, ``ppo`` a policy file)."""
+
+
 REGISTRY: dict[str, Callable[..., Scheduler]] = {}
 
 

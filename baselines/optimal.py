@@ -1,0 +1,778 @@
+"""The optimal schedule bound: a CP-SAT model of the whole batch schedule, and its replay.
+
+Following InferMax (Kim et al., "The Effect of Scheduling and Preemption on the Efficiency of LLM
+Inference Serving"), the schedule of a small workload is a constraint problem over batches
+j = 0..J-1 and requests i. Its solution is replayed through the engine by the ``optimal``
+scheduler, so its metrics come from the same code as every heuristic's.
+
+Model (units: tokens, KV blocks, integer time units of ``unit_s`` seconds)
+--------------------------------------------------------------------------
+State after batch j, per request: ``k`` (KV tokens resident = the engine's ``num_computed``),
+``g`` (output tokens emitted), ``d`` (finished), ``dec`` (past its current prefill). Decisions:
+``c`` (tokens in batch j) and ``p`` (evicted just before batch j). With P the prompt length and O
+the output length, the engine's phase logic reduces to one rule, because the prefill target is
+always ``P + g`` (P at first, ``P + generated`` after a recompute preemption, and unchanged while
+prefilling):
+
+* ``k_before = 0`` if evicted else ``k[j-1]``; ``k = k_before + c`` (0 once finished);
+* ``k <= P + g[j-1]``: a prefill chunk may be anything up to what remains, and a decoding request
+  (``k_before = P + g - 1``) can take only 1 token;
+* the batch emits a token for the request iff ``k == P + g[j-1]`` (prefill completed, or decode);
+* a request is *decoding* in batch j iff it runs and has emitted since its last (re)prefill began
+  (the engine's classification, which the cost model needs: a 1-token last chunk of a prefill is
+  not a decode);
+* eviction needs KV (``k[j-1] >= 1``), an unfinished request, and no tokens in the same batch
+  (the engine forbids both); the ``--no-preemption`` switch fixes every eviction flag to 0.
+
+Per batch: tokens <= ``max_num_batched_tokens``; requests holding KV during the batch (including
+those that finish in it, as the engine counts them) <= ``max_num_seqs``; KV blocks
+``sum ceil(k / block_size)`` after the batch <= ``num_kv_blocks`` (the engine checks before
+freeing finished requests, and so does the model). Every request finishes by batch J-1.
+Used batches come first (``u[j] >= u[j+1]``); an unused batch has no tokens and no latency.
+
+Time and arrivals: batch j starts at ``S_j = max(E_{j-1}, arrival of each member)`` and ends at
+``E_j = S_j + L_j``, exactly the engine's clock when the replay idles (empty plans, which jump to
+the next arrival) until the batch's members have arrived. Idling never helps any objective here
+(tokens are emitted at batch ends), so the model never idles otherwise. ``L_j`` is the batch
+latency from ``baselines.optimal_cost`` (exact up to coefficient rounding).
+
+Objectives: ``gpu_time`` minimises GPU busy seconds (sum of L_j x GPUs, InferMax's measure);
+``slo`` maximises the requests meeting their SLO exactly as ``llmsched_env.metrics`` defines it
+(TTFT, and the numpy-interpolated P99 of the request's token gaps, encoded exactly through its two
+order statistics); ``return`` maximises the env's episode return: requests meeting their SLO -
+``lam`` x GPU busy seconds x GPUs.
+
+The number of batches J
+-----------------------
+J is bounded from a heuristic's schedule (see :func:`batch_bound`): a schedule of J batches costs
+at least J x (the cheapest possible batch), so for ``gpu_time`` no schedule better than the best
+heuristic's cost H has more than H / L_min batches; for ``return`` (lam > 0) likewise from the best
+heuristic's return; without preemption no schedule has more batches than tokens to process,
+sum(P + O - 1). Those bounds are rigorous: an OPTIMAL status is optimal over *all* schedules. For
+``slo`` with preemption no finite bound is known; J = sum(P + O - 1) is then an assumption, and
+the result says ``j_rigorous = False``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from ortools.sat.python import cp_model
+
+from llmsched_env.cost_model import BatchShape, CostModel
+from llmsched_env.engine import Engine, EngineConfig
+from llmsched_env.plan import BatchPlan
+from llmsched_env.request import RequestSpec
+from llmsched_env.scheduler import NeedsOptions, register
+
+from .optimal_cost import check_supported, choose_unit_s, latency_expr, min_batch_latency_s, Features
+
+OBJECTIVES = ("gpu_time", "slo", "return")
+STATUS = {cp_model.OPTIMAL: "OPTIMAL", cp_model.FEASIBLE: "FEASIBLE", cp_model.INFEASIBLE: "INFEASIBLE",
+          cp_model.UNKNOWN: "UNKNOWN", cp_model.MODEL_INVALID: "MODEL_INVALID"}
+
+
+# --------------------------------------------------------------------------- heuristic schedules
+@dataclass
+class RecordedRun:
+    """A scheduler's run on the engine: its metrics summary and its nonempty batches, in order."""
+
+    name: str
+    summary: dict
+    plans: list[BatchPlan]
+
+
+def record_run(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, scheduler) -> RecordedRun:
+    """Run ``scheduler`` to completion and keep its batches (idle steps dropped; evictions of a
+    preempt-only step carried to the next batch, where the engine's effect is the same)."""
+    from llmsched_env.simulate import run
+
+    plans: list[BatchPlan] = []
+    carried: set[int] = set()
+
+    def on_step(engine, plan, result):
+        nonlocal carried
+        if plan.tokens:
+            plans.append(BatchPlan(dict(plan.tokens), set(plan.preempt) | carried))
+            carried = set()
+        else:
+            carried |= set(plan.preempt)
+
+    summary = run(Engine(specs, config, cost), scheduler, on_step=on_step)
+    return RecordedRun(getattr(scheduler, "name", type(scheduler).__name__), summary, plans)
+
+
+def objective_value(summary: dict, objective: str, lam: float) -> float:
+    """An objective in natural units from a metrics summary (GPU-seconds, requests, or return)."""
+    if objective == "gpu_time":
+        return summary["gpu_busy_s"]
+    if objective == "slo":
+        return float(summary["num_slo_met"])
+    return summary["num_slo_met"] - lam * summary["gpu_busy_s"]
+
+
+def better(a: float, b: float, objective: str) -> bool:
+    return a < b if objective == "gpu_time" else a > b
+
+
+RESERVE = "reserve (hint only)"
+
+
+class ReserveScheduler:
+    """A schedule that never preempts, for hints and J bounds (not registered: it reads the true
+    output lengths). FCFS with chunked prefill; a request is admitted only while the KV blocks
+    that every admitted request will need at its longest (prompt + output - 1 tokens) fit, so the
+    cache can never overflow."""
+
+    name = RESERVE
+
+    def reset(self) -> None:
+        pass
+
+    def schedule(self, engine) -> BatchPlan:
+        cfg = engine.config
+        budget = cfg.max_num_batched_tokens
+        final = lambda r: engine.blocks_for(r.prompt_len + r.output_len - 1)  # noqa: E731
+        reserved = sum(final(r) for r in engine.running.values())
+        tokens = {}
+        for r in engine.running.values():
+            if budget <= 0:
+                break
+            n = min(r.tokens_owed, budget)
+            tokens[r.rid] = n
+            budget -= n
+        resident = len(engine.running)
+        for r in engine.iter_waiting():
+            if budget <= 0 or resident >= cfg.max_num_seqs or reserved + final(r) > cfg.num_kv_blocks:
+                break
+            n = min(r.tokens_owed, budget)
+            tokens[r.rid] = n
+            budget -= n
+            reserved += final(r)
+            resident += 1
+        return BatchPlan(tokens)
+
+
+def heuristic_runs(specs, config, cost, skip=("optimal",)) -> dict[str, RecordedRun]:
+    """Every registered scheduler that builds with default options and finishes the workload.
+
+    Schedulers that cannot be built from their name (``NeedsOptions``: ``optimal`` needs a
+    solution) or refuse the workload by design (``WorkloadNotServable``) are left out, as are
+    those in ``skip``.
+    """
+    from llmsched_env.scheduler import (NeedsOptions, WorkloadNotServable, available_schedulers,
+                                        make_scheduler)
+
+    out = {}
+    for name in available_schedulers():
+        if name in skip:
+            continue
+        try:
+            out[name] = record_run(specs, config, cost, make_scheduler(name))
+        except (NeedsOptions, WorkloadNotServable):
+            continue  # documented: needs a solution/model, or refuses this workload by design
+    return out
+
+
+# --------------------------------------------------------------------------- the J bound
+def batch_bound(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, objective: str,
+                preemption: bool, incumbent: Optional[float], incumbent_batches: int, lam: float
+                ) -> tuple[int, bool, str]:
+    """(J, rigorous, why): how many batches the model gets, whether J provably cannot cut off a
+    better schedule, and a one-line explanation. ``incumbent`` is the best known objective value
+    (natural units), ``incumbent_batches`` that schedule's batch count."""
+    tokens = sum(s.prompt_len + s.output_len - 1 for s in specs)
+    l_min = min_batch_latency_s(cost, min(s.prompt_len for s in specs))
+    g = config.num_gpus
+    cands = []
+    if not preemption:
+        cands.append((tokens, f"tokens to process sum(P+O-1) = {tokens} (each batch >= 1 token)"))
+    if incumbent is not None and objective == "gpu_time":
+        j = math.floor(incumbent / g / l_min * (1 + 1e-9))
+        cands.append((j, f"best heuristic's {incumbent / g:.6g} busy s / cheapest batch {l_min:.6g} s = {j}"))
+    if incumbent is not None and objective == "return" and lam > 0:
+        j = math.floor((len(specs) - incumbent) / (lam * g * l_min) * (1 + 1e-9))
+        cands.append((j, f"(requests - best heuristic's return) / (lam x GPUs x cheapest batch "
+                         f"{l_min:.6g} s) = {j}"))
+    if cands:
+        j, why = min(cands)
+        rigorous = True
+    else:
+        j, why, rigorous = tokens, (f"tokens sum(P+O-1) = {tokens}: an assumption (no finite bound is "
+                                    "known for this objective with preemption)"), False
+    if j < incumbent_batches:
+        j, why = incumbent_batches, f"the hint's {incumbent_batches} batches"
+    return max(1, j), rigorous, why
+
+
+# --------------------------------------------------------------------------- the model
+@dataclass
+class SolveResult:
+    """Outcome of :func:`solve`. Objective and bound in natural units (GPU-seconds for
+    ``gpu_time``, requests for ``slo``, return for ``return``); None where there is none.
+
+    Attributes:
+        status: CP-SAT status name (OPTIMAL, FEASIBLE, INFEASIBLE, UNKNOWN).
+        objective, bound, gap: the best schedule's value, the proven bound, |obj - bound| / max(1, |obj|).
+        solve_s: solver wall time, seconds.
+        num_batches: J, the batches the model had; ``batches_used`` those the solution uses.
+        j_rigorous, j_why: whether J provably does not cut off better schedules, and why.
+        plans: the solution's batches (replay them with the ``optimal`` scheduler).
+        model_latency_s: the model's latency of each used batch, seconds.
+        unit_s: the model's integer time unit, seconds.
+        hint: name and objective of the heuristic schedule given as a hint (None if none).
+        heuristics: objective value of every heuristic run, natural units.
+        solutions: (wall s, objective, bound) of every improving solution.
+    """
+
+    status: str
+    objective: Optional[float]
+    bound: Optional[float]
+    gap: Optional[float]
+    solve_s: float
+    num_batches: int
+    batches_used: int
+    j_rigorous: bool
+    j_why: str
+    plans: list[BatchPlan]
+    model_latency_s: list[float]
+    unit_s: float
+    objective_name: str
+    preemption: bool
+    hint: Optional[tuple[str, float]] = None
+    heuristics: dict = field(default_factory=dict)
+    solutions: list = field(default_factory=list)
+    build_s: float = 0.0
+
+    @property
+    def proven(self) -> bool:
+        return self.status == "OPTIMAL"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "objective": self.objective_name, "value": self.objective,
+                "bound": self.bound, "gap": self.gap, "solve_s": self.solve_s, "build_s": self.build_s,
+                "preemption": self.preemption, "num_batches": self.num_batches,
+                "batches_used": self.batches_used, "j_rigorous": self.j_rigorous, "j_why": self.j_why,
+                "unit_s": self.unit_s, "hint": self.hint, "heuristics": self.heuristics,
+                "solutions": self.solutions,
+                "plans": [{"tokens": p.tokens, "preempt": sorted(p.preempt)} for p in self.plans],
+                "model_latency_s": self.model_latency_s}
+
+
+class ScheduleModel:
+    """The CP-SAT model of a workload's batch schedule (see the module docstring).
+
+    Args:
+        specs: the requests (every one must fit the config, as the engine checks).
+        config: engine limits.
+        cost: the engine's cost model.
+        num_batches: J.
+        objective: "gpu_time", "slo" or "return".
+        preemption: allow evictions.
+        lam: GPU-second price of the ``return`` objective (per GPU-second).
+    """
+
+    def __init__(self, specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, num_batches: int,
+                 objective: str = "gpu_time", preemption: bool = True, lam: float = 1.0):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r} must be one of {', '.join(OBJECTIVES)}")
+        if lam < 0:
+            raise ValueError(f"lam={lam} must be >= 0 (price per GPU-second)")
+        if num_batches < 1:
+            raise ValueError(f"num_batches={num_batches} must be >= 1")
+        check_supported(cost)
+        Engine(specs, config, cost)  # the engine's workload checks (raises WorkloadRejected)
+        self.specs = sorted(specs, key=lambda s: (s.arrival_s, s.rid))
+        self.config, self.cost, self.J = config, cost, num_batches
+        self.objective, self.preemption, self.lam = objective, preemption, lam
+        self.unit_s = choose_unit_s(cost)
+        self.m = cp_model.CpModel()
+        self._build()
+
+    def q_time(self, seconds: float, up: bool) -> int:
+        """A time in integer units, rounded up (arrivals) or down (deadlines)."""
+        x = seconds / self.unit_s
+        return int(math.ceil(x - 1e-9)) if up else int(math.floor(x + 1e-9))
+
+    # ---------------------------------------------------------------- variables and constraints
+    def _build(self) -> None:
+        m, cfg, J = self.m, self.config, self.J
+        n = len(self.specs)
+        bs = cfg.block_size
+        budget = min(cfg.max_num_batched_tokens, sum(s.prompt_len + s.output_len for s in self.specs))
+        self.budget = budget
+        max_o = max(s.output_len for s in self.specs)
+        self.u = [m.new_bool_var(f"u{j}") for j in range(J)]
+        for j in range(J - 1):
+            m.add_implication(self.u[j + 1], self.u[j])
+        for j in range(min(J, max_o)):  # each batch emits at most one token per request
+            m.add(self.u[j] == 1)
+        false = m.new_constant(0)
+        self.cells: list[list[dict]] = []  # [i][j]
+        for i, s in enumerate(self.specs):
+            P, O = s.prompt_len, s.output_len
+            k_ub = P + O - 1
+            row = []
+            k_prev, g_prev, dec_prev, d_prev = 0, 0, false, false
+            for j in range(J):
+                t = f"_{s.rid}_{j}"
+                c = m.new_int_var(0, min(k_ub, budget), "c" + t)
+                x = m.new_bool_var("x" + t)
+                e = m.new_bool_var("e" + t)
+                k = m.new_int_var(0, k_ub, "k" + t)
+                g = m.new_int_var(0, O, "g" + t)
+                d = m.new_bool_var("d" + t)
+                dec = m.new_bool_var("dec" + t)
+                is_d = m.new_bool_var("isd" + t)
+                is_p = m.new_bool_var("isp" + t)
+                cp = m.new_int_var(0, min(k_ub, budget), "cp" + t)
+                m.add(c >= 1).only_enforce_if(x)
+                m.add(c == 0).only_enforce_if(~x)
+                m.add_implication(d_prev, ~x)
+                if self.preemption and j > 0:
+                    p = m.new_bool_var("p" + t)
+                    m.add_implication(p, ~x)
+                    m.add_implication(p, ~d_prev)
+                    m.add(k_prev >= 1).only_enforce_if(p)
+                    kb = m.new_int_var(0, k_ub, "kb" + t)
+                    m.add(kb == k_prev).only_enforce_if(~p)
+                    m.add(kb == 0).only_enforce_if(p)
+                    keep = m.new_bool_var("keep" + t)  # dec_prev and not evicted
+                    m.add_bool_and([dec_prev, ~p]).only_enforce_if(keep)
+                    m.add_bool_or([~dec_prev, p, keep])
+                else:
+                    p = false
+                    kb = k_prev if not isinstance(k_prev, int) else m.new_constant(k_prev)
+                    keep = dec_prev
+                m.add(k == kb + c).only_enforce_if(~d_prev)
+                m.add(k == 0).only_enforce_if(d_prev)
+                m.add(k <= P + g_prev)
+                m.add(k >= P + g_prev).only_enforce_if(e)
+                m.add(k <= P + g_prev - 1).only_enforce_if(~e)
+                m.add(g == g_prev + e)
+                m.add(g >= O).only_enforce_if(d)
+                m.add(g <= O - 1).only_enforce_if(~d)
+                # phase: decoding iff running and past the current prefill
+                m.add_bool_and([x, dec_prev]).only_enforce_if(is_d)
+                m.add_bool_or([~x, ~dec_prev, is_d])
+                m.add(is_p + is_d == x)
+                m.add(cp == c - is_d)
+                m.add_bool_or([e, keep]).only_enforce_if(dec)
+                m.add_implication(e, dec)
+                m.add_implication(keep, dec)
+                m.add_implication(x, self.u[j])
+                row.append(dict(c=c, x=x, e=e, k=k, g=g, d=d, dec=dec, is_d=is_d, is_p=is_p, cp=cp, p=p,
+                                kb=kb, cp_ub=min(k_ub, budget), k_ub=k_ub, g_prev=g_prev, d_prev=d_prev))
+                k_prev, g_prev, dec_prev, d_prev = k, g, dec, d
+            m.add(row[-1]["d"] == 1)
+            self.cells.append(row)
+
+        # per-batch limits and latency
+        self.lat = []
+        self.features = []
+        c2_ub = sum(min(s.prompt_len + s.output_len - 1, budget) ** 2 for s in self.specs)
+        ck_ub = sum(min(s.prompt_len + s.output_len - 1, budget) * (s.prompt_len + s.output_len) for s in self.specs)
+        kv_ub = sum(s.prompt_len + s.output_len for s in self.specs)
+        bounds = dict(c2=c2_ub, ck=ck_ub, ctx=kv_ub, kv=kv_ub)
+        for j in range(J):
+            col = [self.cells[i][j] for i in range(n)]
+            m.add(sum(c["c"] for c in col) <= budget)
+            m.add(sum(c["c"] for c in col) >= 1).only_enforce_if(self.u[j])
+            if cfg.max_num_seqs < n:
+                nz = []
+                for c in col:
+                    b = m.new_bool_var("res")
+                    m.add(c["k"] <= c["k_ub"] * b)
+                    nz.append(b)
+                m.add(sum(nz) <= cfg.max_num_seqs)
+            if cfg.num_kv_blocks * bs < kv_ub:
+                blocks = []
+                for c in col:
+                    if bs == 1:
+                        blocks.append(c["k"])
+                    else:
+                        b = m.new_int_var(0, -(-c["k_ub"] // bs), "blk")
+                        m.add(b * bs >= c["k"])
+                        blocks.append(b)
+                m.add(sum(blocks) <= cfg.num_kv_blocks)
+            f = Features(m, col, budget)
+            expr = latency_expr(self.cost, f, self.unit_s, bounds)
+            ub = int(math.ceil(self.cost.batch_time(BatchShape.from_requests(
+                prefills=[(budget, kv_ub)], decode_contexts=[kv_ub] * n, completed_prefills=n)) * 2 / self.unit_s)) + 10
+            L = m.new_int_var(0, ub, f"L{j}")
+            self.lat_ub = ub
+            m.add(L == expr).only_enforce_if(self.u[j])
+            m.add(L == 0).only_enforce_if(~self.u[j])
+            self.lat.append(L)
+            self.features.append(f)
+        self.busy = sum(self.lat)
+
+        arrivals = [self.q_time(s.arrival_s, up=True) for s in self.specs]
+        need_time = self.objective != "gpu_time" or any(a > arrivals[0] for a in arrivals)
+        self.met = []
+        if need_time:
+            self._build_time(arrivals)
+        if self.objective != "gpu_time":
+            self._build_slo(arrivals)
+        g = cfg.num_gpus
+        if self.objective == "gpu_time":
+            self.obj_expr = self.busy
+            self.m.minimize(self.obj_expr)
+        elif self.objective == "slo":
+            self.obj_expr = sum(self.met)
+            self.m.maximize(self.obj_expr)
+        else:
+            # met x W - lam x GPUs x unit_s x W x busy, with W making the price an integer >= 1000
+            # (the price is then rounded by < 0.05%; reported returns are recomputed exactly)
+            price = self.lam * g * self.unit_s
+            self.w = max(1, int(math.ceil(1000 / price * (1 - 1e-12)))) if price > 0 else 1
+            self.obj_expr = self.w * sum(self.met) - int(round(price * self.w)) * self.busy
+            self.m.maximize(self.obj_expr)
+        self.hint_raw = None
+        self.hint_plans: list[BatchPlan] = []
+        self.hint_latency_s: list[float] = []
+
+    def _build_time(self, arrivals: list[int]) -> None:
+        m, J = self.m, self.J
+        horizon = max(arrivals) + J * self.lat_ub
+        self.start, self.end = [], []
+        prev_end = min(arrivals)
+        for j in range(J):
+            terms = [prev_end]
+            for i, a in enumerate(arrivals):
+                if a > arrivals[0]:
+                    t = m.new_int_var(0, a, "arr")
+                    m.add(t == a).only_enforce_if(self.cells[i][j]["x"])
+                    m.add(t == 0).only_enforce_if(~self.cells[i][j]["x"])
+                    terms.append(t)
+            if len(terms) > 1:
+                s = m.new_int_var(0, horizon, f"S{j}")
+                m.add_max_equality(s, terms)
+            else:
+                s = prev_end
+            end = m.new_int_var(0, horizon, f"E{j}")
+            m.add(end == s + self.lat[j])
+            self.start.append(s)
+            self.end.append(end)
+            prev_end = end
+        self.horizon = horizon
+
+    def _build_slo(self, arrivals: list[int]) -> None:
+        """met_i -> TTFT and P99-TBT targets hold (metrics.py's definitions, exactly)."""
+        m, J = self.m, self.J
+        for i, s in enumerate(self.specs):
+            met = m.new_bool_var(f"met{s.rid}")
+            self.met.append(met)
+            row = self.cells[i]
+            ttft = self.q_time(s.ttft_slo_s, up=False) if math.isfinite(s.ttft_slo_s) else None
+            tbt = self.q_time(s.tbt_slo_s, up=False) if math.isfinite(s.tbt_slo_s) else None
+            gaps = s.output_len - 1
+            # emitted[j]: g >= 1 after batch j
+            started = []
+            for j in range(J):
+                b = m.new_bool_var("ge1")
+                m.add(row[j]["g"] >= 1).only_enforce_if(b)
+                m.add(row[j]["g"] <= 0).only_enforce_if(~b)
+                started.append(b)
+            if ttft is not None:
+                if ttft < 0:
+                    m.add(met == 0)
+                for j in range(J):
+                    first = [met, row[j]["e"]] + ([~started[j - 1]] if j else [])
+                    m.add(self.end[j] <= arrivals[i] + ttft).only_enforce_if(first)
+            if tbt is None or gaps == 0:
+                continue
+            # numpy percentile(gaps, 99), linear: order statistics lo and lo+1 (ascending, 0-based)
+            num = 99 * (gaps - 1)
+            lo = num // 100
+            frac = num - 100 * lo  # in hundredths
+            top_lo = gaps - 1 - lo  # gaps allowed above V_lo (the lo-th order statistic)
+            top_hi = max(0, top_lo - 1)  # gaps allowed above V_hi
+            last = []  # time of the last emission after batch j
+            for j in range(J):
+                t = m.new_int_var(0, self.horizon, "last")
+                m.add(t == self.end[j]).only_enforce_if(row[j]["e"])
+                if j:
+                    m.add(t == last[j - 1]).only_enforce_if(~row[j]["e"])
+                last.append(t)
+            v_hi = m.new_int_var(0, self.horizon, "vhi")
+            v_lo = m.new_int_var(0, self.horizon, "vlo")
+            ex_hi, ex_lo = [], []
+            for j in range(1, J):
+                is_gap = [met, row[j]["e"], started[j - 1]]
+                gap = self.end[j] - last[j - 1]
+                a = m.new_bool_var("xhi")  # this gap is above V_hi
+                b = m.new_bool_var("xlo")  # this gap is above V_lo
+                m.add_implication(a, b)
+                m.add(v_hi >= gap).only_enforce_if(is_gap + [~a])
+                m.add(v_lo >= gap).only_enforce_if(is_gap + [~b])
+                ex_hi.append(a)
+                ex_lo.append(b)
+            m.add(sum(ex_hi) <= top_hi)
+            m.add(sum(ex_lo) <= top_lo)
+            m.add((100 - frac) * v_lo + frac * v_hi <= 100 * tbt).only_enforce_if(met)
+
+    # ---------------------------------------------------------------- hints and solutions
+    def fix_plans(self, plans: Sequence[BatchPlan]) -> cp_model.CpModel:
+        """A copy of the model with every decision fixed to ``plans`` (None if they don't fit J)."""
+        if len(plans) > self.J:
+            return None
+        idx = {s.rid: i for i, s in enumerate(self.specs)}
+        fixed = self.m.clone()
+        for j in range(self.J):
+            plan = plans[j] if j < len(plans) else BatchPlan()
+            for i, s in enumerate(self.specs):
+                cell = self.cells[i][j]
+                fixed.add(cell["c"] == plan.tokens.get(s.rid, 0))
+                if self.preemption and j > 0:
+                    fixed.add(cell["p"] == int(s.rid in plan.preempt))
+            if any(r not in idx for r in list(plan.tokens) + list(plan.preempt)):
+                return None
+            if plan.preempt and (not self.preemption or j == 0):
+                return None
+        return fixed
+
+    def hint_from_plans(self, plans: Sequence[BatchPlan], time_limit_s: float = 10.0) -> Optional[float]:
+        """Complete ``plans`` to a full assignment (a quick solve with the decisions fixed) and
+        add it as the solver's hint. Returns the model's objective value of the plans in natural
+        units, or None when they are not a feasible schedule of this model."""
+        fixed = self.fix_plans(plans)
+        if fixed is None:
+            return None
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = time_limit_s
+        solver.parameters.num_workers = 1
+        st = solver.solve(fixed)
+        if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None
+        self.m.clear_hints()
+        proto = self.m.proto
+        for idx in range(len(proto.variables)):
+            var = self.m.get_int_var_from_proto_index(idx)
+            self.m.add_hint(var, solver.value(var))
+        self.hint_raw = int(round(solver.objective_value))
+        self.hint_plans, self.hint_latency_s = self.plans_from(solver)
+        self.hint_value = self.exact_value(solver)
+        return self.hint_value
+
+    def add_cutoff(self) -> None:
+        """Only schedules at least as good as the hint's (CP-SAT's presolve can drop a hint, so
+        the hint's value also becomes a constraint; the hint's schedule is the fallback)."""
+        if self.hint_raw is None:
+            return
+        if self.objective == "gpu_time":
+            self.m.add(self.obj_expr <= self.hint_raw)
+        else:
+            self.m.add(self.obj_expr >= self.hint_raw)
+
+    def natural(self, raw: float) -> float:
+        """A raw objective (or bound) in natural units."""
+        g = self.config.num_gpus
+        if self.objective == "gpu_time":
+            return raw * self.unit_s * g
+        if self.objective == "slo":
+            return raw
+        return raw / self.w
+
+    def exact_value(self, solver) -> float:
+        """The solution's objective in natural units, from its met count and busy time (no
+        rounding of the price)."""
+        busy_s = solver.value(self.busy) * self.unit_s * self.config.num_gpus
+        if self.objective == "gpu_time":
+            return busy_s
+        met = sum(solver.boolean_value(v) for v in self.met)
+        return float(met) if self.objective == "slo" else met - self.lam * busy_s
+
+    def plans_from(self, solver) -> tuple[list[BatchPlan], list[float]]:
+        plans, lats = [], []
+        for j in range(self.J):
+            if not solver.boolean_value(self.u[j]):
+                break
+            tokens, preempt = {}, set()
+            for i, s in enumerate(self.specs):
+                cell = self.cells[i][j]
+                c = solver.value(cell["c"])
+                if c:
+                    tokens[s.rid] = int(c)
+                if self.preemption and j > 0 and solver.boolean_value(cell["p"]):
+                    preempt.add(s.rid)
+            plans.append(BatchPlan(tokens, preempt))
+            lats.append(solver.value(self.lat[j]) * self.unit_s)
+        return plans, lats
+
+
+class _Progress(cp_model.CpSolverSolutionCallback):
+    """Prints each improving solution (objective, bound, gap, time) with rich."""
+
+    def __init__(self, model: ScheduleModel, console=None):
+        super().__init__()
+        self.model = model
+        self.console = console
+        self.rows = []
+
+    def on_solution_callback(self) -> None:
+        obj = self.model.natural(self.objective_value)
+        bound = self.model.natural(self.best_objective_bound)
+        gap = abs(obj - bound) / max(1.0, abs(obj)) if self.model.objective != "gpu_time" else \
+            abs(obj - bound) / max(1e-12, abs(obj))
+        self.rows.append((round(self.wall_time, 4), obj, bound))
+        if self.console is not None:
+            self.console.print(f"  solution {len(self.rows):3d}  t={self.wall_time:7.2f} s  "
+                               f"objective [bold]{obj:.6g}[/]  bound {bound:.6g}  gap {gap:.2%}")
+
+
+def _gap(obj: float, bound: float, objective: str) -> float:
+    scale = abs(obj) if objective == "gpu_time" else max(1.0, abs(obj))
+    return abs(obj - bound) / scale if scale > 0 else 0.0
+
+
+def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, objective: str = "gpu_time",
+          preemption: bool = True, time_limit_s: float = 60.0, num_workers: int = 1, lam: float = 1.0,
+          max_batches: Optional[int] = None, hint: bool = True, seed: int = 0, console=None,
+          heuristics: Optional[dict] = None, extra_hints: Optional[dict] = None) -> SolveResult:
+    """Solve a workload's schedule for ``objective``; see the module docstring for the model.
+
+    Args:
+        time_limit_s: CP-SAT wall-clock limit, seconds (the best schedule and proven bound so far
+            are returned when it is reached).
+        num_workers: CP-SAT search workers (1 = deterministic for a given seed, modulo the limit).
+        lam: price per GPU-second in the ``return`` objective.
+        max_batches: cap J below the derived bound (then J is not rigorous).
+        hint: warm-start from the best heuristic's schedule (every registered heuristic is run).
+        console: a rich Console to print improving solutions on (None = silent).
+        heuristics: precomputed ``heuristic_runs`` (else they are run here).
+        extra_hints: more candidate schedules ``{name: plans}`` (e.g. the no-preemption optimum
+            when solving with preemption); the best of these and the heuristic's is the hint.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} must be one of {', '.join(OBJECTIVES)}")
+    if time_limit_s <= 0:
+        raise ValueError(f"time limit {time_limit_s} s must be > 0")
+    if num_workers < 1:
+        raise ValueError(f"num_workers={num_workers} must be >= 1")
+    check_supported(cost)
+    t0 = time.perf_counter()
+    runs = heuristics if heuristics is not None else heuristic_runs(specs, config, cost)
+    values = {name: objective_value(r.summary, objective, lam) for name, r in runs.items()
+              if r.summary["num_finished"] == r.summary["num_requests"]}
+    # candidates for the J bound and the hint: heuristics, plus a schedule that never preempts
+    # (a preempting schedule is outside the no-preemption problem and cannot bound it)
+    cands = {n: runs[n] for n in values if preemption or not any(p.preempt for p in runs[n].plans)}
+    reserve = record_run(specs, config, cost, ReserveScheduler())
+    cands[RESERVE] = reserve
+    cand_values = {n: objective_value(r.summary, objective, lam) for n, r in cands.items()}
+    best = None
+    for name, v in cand_values.items():
+        if best is None or better(v, cand_values[best], objective):
+            best = name
+    incumbent = cand_values[best]
+    inc_batches = len(cands[best].plans)
+    J, rigorous, why = batch_bound(specs, config, cost, objective, preemption, incumbent, inc_batches, lam)
+    if max_batches is not None and max_batches < J:
+        J, rigorous, why = max_batches, False, f"capped by max_batches={max_batches}"
+    model = ScheduleModel(specs, config, cost, J, objective, preemption, lam)
+    hint_info = None
+    cands = {best: cands[best].plans} | dict(extra_hints or {})
+    if hint and cands:
+        scored = []
+        for name, plans in cands.items():
+            v = model.hint_from_plans(plans)
+            if v is not None:
+                scored.append((v, name, plans))
+        if scored:
+            v, name, plans = (min if objective == "gpu_time" else max)(scored, key=lambda t: t[0])
+            model.hint_from_plans(plans)
+            hint_info = (name, v)
+    build_s = time.perf_counter() - t0
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.num_workers = num_workers
+    solver.parameters.random_seed = seed
+    model.add_cutoff()
+    cb = _Progress(model, console)
+    st = solver.solve(model.m, cb)
+    status = STATUS.get(st, str(st))
+    if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        obj = model.exact_value(solver)
+        bound = obj if st == cp_model.OPTIMAL else model.natural(solver.best_objective_bound)
+        plans, lats = model.plans_from(solver)
+        gap = _gap(obj, bound, objective)
+    elif st == cp_model.UNKNOWN and model.hint_raw is not None:
+        # no solution within the limit: the hint's schedule stands, with the solver's bound
+        status = "FEASIBLE"
+        obj = model.hint_value
+        bound = model.natural(solver.best_objective_bound)
+        if (bound > obj + 1e-9) if objective == "gpu_time" else (bound < obj - 1e-9):
+            bound = None  # stopped before any search (e.g. in presolve): no bound was proven
+        plans, lats = model.hint_plans, model.hint_latency_s
+        gap = None if bound is None else _gap(obj, bound, objective)
+    elif st == cp_model.INFEASIBLE and model.hint_raw is not None:
+        # cannot be true (the hint satisfies every constraint): a numerical failure of the solver
+        status = "FEASIBLE (solver reported INFEASIBLE despite a feasible hint: no bound)"
+        obj, bound, gap = model.hint_value, None, None
+        plans, lats = model.hint_plans, model.hint_latency_s
+    else:
+        obj = gap = None
+        bound = model.natural(solver.best_objective_bound) if st == cp_model.UNKNOWN else None
+        plans, lats = [], []
+    return SolveResult(status, obj, bound, gap, solver.wall_time, J, len(plans), rigorous, why, plans, lats,
+                       model.unit_s, objective, preemption, hint_info, values, cb.rows, build_s)
+
+
+# --------------------------------------------------------------------------- replay
+@register("optimal")
+class OptimalScheduler:
+    """Replays a solved schedule (``SolveResult.plans``) through the engine.
+
+    Before each batch it idles (empty plan: the engine jumps to the next arrival) until every
+    request of the batch has arrived, exactly as the model times batches.
+
+    Args:
+        plans: the batches to replay, in order (e.g. ``solve(...).plans``). Required: this
+            scheduler does not solve by itself (``llmsched solve`` does), so
+            ``make_scheduler("optimal")`` without plans raises ValueError.
+    """
+
+    def __init__(self, plans: Optional[Sequence[BatchPlan]] = None):
+        if plans is None:
+            raise NeedsOptions("the optimal scheduler replays a solved schedule: pass plans="
+                             "baselines.optimal.solve(...).plans (or run `llmsched solve`)")
+        self.plans = [BatchPlan(dict(p.tokens), set(p.preempt)) for p in plans]
+        self._next = 0
+
+    def reset(self) -> None:
+        self._next = 0
+
+    def schedule(self, engine) -> BatchPlan:
+        if self._next >= len(self.plans):
+            raise RuntimeError(f"optimal replay exhausted after {len(self.plans)} batches with "
+                               f"{engine.num_requests - len(engine.finished)} requests unfinished: the "
+                               "schedule was solved for another workload or config")
+        plan = self.plans[self._next]
+        if any(r not in engine.requests for r in plan.tokens):
+            return BatchPlan()
+        self._next += 1
+        return BatchPlan(dict(plan.tokens), set(plan.preempt))
+
+
+def replay(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, result: SolveResult) -> dict:
+    """Replay a solved schedule through the engine with the real cost model.
+
+    Returns the engine's metrics summary plus ``latency_error``: the largest and total relative
+    difference between the model's batch latencies and the engine's (the linearisation error).
+    """
+    from llmsched_env.simulate import run
+
+    real: list[float] = []
+    summary = run(Engine(specs, config, cost), OptimalScheduler(result.plans),
+                  on_step=lambda e, p, res: None if res.idle else real.append(res.latency_s))
+    model = result.model_latency_s
+    if len(real) != len(model):
+        raise RuntimeError(f"replay ran {len(real)} batches, the solution has {len(model)}")
+    rel = [abs(m - r) / r for m, r in zip(model, real)]
+    summary["latency_error"] = {"max_rel": max(rel, default=0.0),
+                                "total_rel": abs(sum(model) - sum(real)) / sum(real) if real else 0.0,
+                                "model_busy_s": sum(model), "real_busy_s": sum(real)}
+    return summary
