@@ -206,11 +206,12 @@ def evaluate(suites: list[Suite], entrants: list[str], seed: int = 0, workers: i
 
 
 def count_failures(result: dict) -> int:
+    """Runs that failed, not counting schedulers' documented refusals of a workload."""
     n = 0
     for s in result["suites"].values():
         for c in s["conditions"]:
             for d in c["entrants"].values():
-                n += sum(1 for r in d["per_seed"] if r and "error" in r)
+                n += sum(1 for r in d["per_seed"] if r and "error" in r and not r.get("refused"))
     return n
 
 

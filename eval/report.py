@@ -23,7 +23,8 @@ def _fmt(v: float, fmt: str, half: bool = False) -> str:
     """``fmt`` for fixed decimals ("{:.3f}"); for significant digits ("{:.3g}") thousands are
     written out with separators (12,345) and a half-width gets two significant digits."""
     if not fmt.endswith("g}"):
-        return fmt.format(v)
+        text = fmt.format(v)
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
     if v == 0:
         return "0"
     if abs(v) >= 1000:
@@ -115,8 +116,10 @@ def _errors(s: dict) -> list:
     out = []
     for c in s["conditions"]:
         for e, d in c["entrants"].items():
+            refused = {r["error"] for r in d["per_seed"] if r and r.get("refused")}
             for msg in d["errors"]:
-                out.append(f"- `{e}` failed at {c['variant']}, rate {c['rate']:g}: {msg}")
+                what = "refused the workload" if msg in refused else "failed"
+                out.append(f"- `{e}` {what} at {c['variant']}, rate {c['rate']:g}: {msg}")
     return out
 
 
@@ -168,7 +171,7 @@ def markdown(result: dict, images: dict) -> str:
                 lines += [f"SLO attainment by rate ({sd['rate_unit']}){vt}:", ""] + _attainment_by_rate(s, variant) + [""]
         errs = _errors(s)
         if errs:
-            lines += ["Failed runs:", ""] + errs + [""]
+            lines += ["Runs without results (no numbers in the tables above for these):", ""] + errs + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -181,7 +184,8 @@ def _optimal_section(s: dict, img: dict) -> list:
              f"instance, preemption {'allowed' if o['preemption'] else 'off'}; solver status over {len(ins)} "
              f"instance(s): {st}. `gap to bound` = (GPU busy - proven lower bound) / bound; `gap to best found` "
              "= (GPU busy - the solver's best schedule) / that schedule's value; `optimal` is that schedule "
-             "replayed through the engine. Where the status is OPTIMAL the two gaps coincide.", ""]
+             "replayed through the engine. Where the status is OPTIMAL the two gaps coincide. The objective is GPU time "
+             "alone, so the optimal schedule may meet fewer SLOs than a heuristic.", ""]
     if "gap" in img:
         lines += [f"![optimality gap]({img['gap']})", ""]
     for c in s["conditions"]:

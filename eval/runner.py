@@ -85,7 +85,13 @@ def _simulate(specs, config, cost, scheduler, cdf: bool) -> dict:
 
 
 def _error(e: BaseException) -> dict:
-    return {"error": f"{type(e).__name__}: {e}".strip()}
+    """A failed run; ``refused`` marks a scheduler's documented refusal of the workload
+    (``WorkloadNotServable``, e.g. a whole-prompt scheduler and a prompt over its budget)."""
+    from llmsched_env import scheduler
+    out = {"error": f"{type(e).__name__}: {e}".strip()}
+    if isinstance(e, getattr(scheduler, "WorkloadNotServable", ())):
+        out["refused"] = True
+    return out
 
 
 def run_job(job: RunJob) -> dict:
