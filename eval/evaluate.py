@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,6 +43,7 @@ from eval.suite import Suite, SuiteError, list_suites, load_suite, trace_suite  
 from llmsched_env.scheduler import available_schedulers, make_scheduler, parse_spec  # noqa: E402
 
 POLICY_SCHEDULER = "ppo"
+DEFAULT_POLICY_SUITE = "default-scenario"  # the policy's training scenario
 NOT_HEURISTICS = {OPTIMAL, POLICY_SCHEDULER}
 # fcfs is vllm-v1 with its default (FCFS) policy under a second name: listed once
 DEFAULT_EXTRA = ("vllm-v1:policy=priority",)
@@ -179,9 +181,10 @@ def _commit() -> str | None:
 
 
 def evaluate(suites: list[Suite], entrants: list[str], seed: int = 0, workers: int = 1, progress: bool = True,
-             console: Console | None = None) -> dict:
+             console: Console | None = None, policy_suites: Optional[set] = None) -> dict:
     """Run every suite for every entrant; returns the result (see ``eval.aggregate``) with
-    ``suites``, ``skipped`` and ``timing``."""
+    ``suites``, ``skipped`` and ``timing``. Policies (``ppo:`` specs) run only on the suites in
+    ``policy_suites`` (None = every suite)."""
     console = console or Console(stderr=True)
     skipped, runnable = {}, []
     for s in suites:
@@ -192,11 +195,13 @@ def evaluate(suites: list[Suite], entrants: list[str], seed: int = 0, workers: i
                 console.print(f"[yellow]suite {s.name} skipped:[/] {why}")
                 continue
         runnable.append(s)
-    jobs = [j for s in runnable for j in suite_jobs(s, entrants, seed)]
+    per_suite = {s.name: [e for e in entrants if policy_suites is None or s.name in policy_suites
+                          or parse_spec(e)[0] != POLICY_SCHEDULER] for s in runnable}
+    jobs = [j for s in runnable for j in suite_jobs(s, per_suite[s.name], seed)]
     t0 = time.perf_counter()
     results = run_jobs(jobs, workers=workers, progress=progress)
     wall = time.perf_counter() - t0
-    out = {name: aggregate_suite(s, entrants, results) for name, s in ((s.name, s) for s in runnable)}
+    out = {s.name: aggregate_suite(s, per_suite[s.name], results) for s in runnable}
     solve_s = {name: [i.pop("solve_s", None) for i in r.get("instances", [])] for name, r in out.items()
                if "instances" in r}
     run_s = sum(r.get("wall_s", 0.0) for k, r in results.items() if isinstance(r, dict) and "wall_s" in r)
@@ -247,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with --trace and no --suite only the trace)")
     ap.add_argument("--policy", action="append", metavar="DIR",
                     help=f"a trained policy directory, run as scheduler '{POLICY_SCHEDULER}:path=DIR' (repeatable)")
+    ap.add_argument("--policy-suites",
+                    help="comma-separated suites the policies run on, or 'all' (default: default-scenario when "
+                         "it is evaluated, else every suite: a policy costs milliseconds of CPU per engine step, "
+                         "hundreds of times a heuristic, so every suite takes over an hour per policy on 2 cores)")
     ap.add_argument("--schedulers", help="comma-separated scheduler specs, 'all' (default: every registered "
                                          "heuristic) or 'none' (policies only)")
     ap.add_argument("--trace", help="also evaluate on this trace CSV (path or name in ../shared/data/traces)")
@@ -285,12 +294,22 @@ def main(argv=None) -> int:
             raise UsageError("--rate-scale / --rates apply to --trace only (suites define their own rates)")
         suites = resolve_suites(a)
         entrants = resolve_entrants(a)
+        policy_suites = None
+        if a.policy_suites is None and any(s.name == DEFAULT_POLICY_SUITE for s in suites):
+            policy_suites = {DEFAULT_POLICY_SUITE}
+        elif a.policy_suites not in (None, "all"):
+            policy_suites = {x.strip() for x in a.policy_suites.split(",") if x.strip()}
+            unknown = sorted(policy_suites - {s.name for s in suites})
+            if unknown:
+                raise UsageError(f"--policy-suites {', '.join(unknown)}: not among the suites evaluated "
+                                 f"({', '.join(s.name for s in suites)})")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = evaluate(suites, entrants, a.seed, a.workers, not a.no_progress, console)
+    result = evaluate(suites, entrants, a.seed, a.workers, not a.no_progress, console, policy_suites)
     result["meta"] = {"command": "python eval/evaluate.py " + shlex.join(argv), "commit": _commit(),
                       "entrants": entrants, "quick": a.quick, "base_seed": a.seed,
+                      "policy_suites": sorted(policy_suites) if policy_suites is not None else "all",
                       "suites": [s.name for s in suites]}
     t = result["timing"]
     console.print(f"{t['jobs']} runs in {t['wall_s']:.1f} s on {t['workers']} worker(s)")

@@ -138,6 +138,7 @@ def markdown(result: dict, images: dict) -> str:
              + ("; **quick mode** (fewer rates, seeds and requests: a smoke test, not a result)" if meta["quick"] else "")
              + ".", "",
              "Schedulers (specs): " + ", ".join(f"`{e}`" for e in meta["entrants"]) + ".", "",
+             *_policy_note(meta),
              f"Every scheduler runs the same workloads (same seeds). Numbers are means over seeds; "
              f"`± h` is the half-width of the {CI_METHOD}. **Bold** marks the best mean of a column "
              "(highest attainment and goodput, lowest otherwise). SLO attainment counts a request as met when "
@@ -173,6 +174,15 @@ def markdown(result: dict, images: dict) -> str:
         if errs:
             lines += ["Runs without results (no numbers in the tables above for these):", ""] + errs + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _policy_note(meta: dict) -> list:
+    pol = [e for e in meta["entrants"] if e.startswith("ppo")]
+    where = meta.get("policy_suites", "all")
+    if not pol or where == "all":
+        return []
+    return [f"Policies ({', '.join(f'`{p}`' for p in pol)}) were run on the suite(s) {', '.join(where)} only "
+            "(`--policy-suites`); `-` marks where they were not run.", ""]
 
 
 def _optimal_section(s: dict, img: dict) -> list:

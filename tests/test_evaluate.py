@@ -62,6 +62,7 @@ def test_every_shipped_suite_loads(shared_data):
     (["--trace", "/nonexistent/trace.csv"], "trace not found"),
     (["--policy", "/nonexistent/policy"], "no such file or directory"),
     (["--rate-scale", "2"], "apply to --trace only"),
+    (["--suite", "arxiv", "--policy-suites", "bursty"], "--policy-suites bursty: not among the suites"),
 ])
 def test_bad_arguments_fail_before_running(args, message, tmp_path, capsys):
     out = tmp_path / "out"
