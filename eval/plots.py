@@ -46,7 +46,8 @@ def _save(fig, path: Path) -> None:
 
 def _legend(fig, axes, entrants: list) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
-    order = [labels.index(e) for e in entrants if e in labels]
+    order = [labels.index(e) for e in entrants if e in labels] + [i for i, l in enumerate(labels)
+                                                                   if l.endswith(" target")][:1]
     fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="center left",
                bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False, title="scheduler", title_fontsize=9)
 
@@ -80,8 +81,7 @@ def _sweep_plot(s: dict, metric: str, ylabel: str, title: str, path: Path, style
             ax.yaxis.set_minor_formatter(plain)
             ax.tick_params(axis="y", which="minor", labelsize=7)
         if threshold is not None:
-            ax.axhline(threshold, color="0.4", linestyle=":", linewidth=1)
-            ax.text(x[0], threshold, f" {threshold:.0%} target", va="bottom", ha="left", fontsize=7, color="0.3")
+            ax.axhline(threshold, color="0.3", linestyle=":", linewidth=1.2, label=f"{threshold:.0%} target")
         ax.set_xlabel(sd_rate_label(sd))
         ax.grid(True, alpha=0.3)
         if len(variants) > 1:
