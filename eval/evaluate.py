@@ -102,9 +102,21 @@ def check_spec(spec: str) -> None:
     if name not in known:
         raise UsageError(f"unknown scheduler {name!r} (in {spec!r}); registered: {', '.join(known)}")
     try:
-        make_scheduler(spec)
+        sched = make_scheduler(spec)
     except Exception as e:
         raise UsageError(f"scheduler {spec!r} cannot be built: {type(e).__name__}: {e}") from None
+    # options of the wrong type often fail only when used: try two tiny requests first
+    from llmsched_env.engine import Engine
+    from llmsched_env.presets import get_preset
+    from llmsched_env.request import RequestSpec
+    from llmsched_env.simulate import run
+    p = get_preset("h100-llama3-8b")
+    specs = [RequestSpec(rid=i, arrival_s=0.01 * i, prompt_len=16, output_len=3) for i in range(2)]
+    try:
+        run(Engine(specs, p.engine_config(), p.cost_model), sched, max_steps=200)
+    except Exception as e:
+        raise UsageError(f"scheduler {spec!r} fails on a two-request smoke test (check its options): "
+                         f"{type(e).__name__}: {e}") from None
 
 
 def optimal_available() -> tuple[bool, str]:
