@@ -168,7 +168,9 @@ def markdown(result: dict, images: dict) -> str:
             for variant in sd["variants"]:
                 vt = "" if variant == "main" else f", variant `{variant}`"
                 cond = next(c for c in s["conditions"] if c["variant"] == variant and c["rate"] == sd["table_rate"])
-                lines += [f"### At {sd['table_rate']:g} {sd['rate_unit']}{vt}", ""] + _metric_table(cond, METRICS) + [""]
+                at = (f"rate scale {sd['table_rate']:g}" if sd["rate_unit"] == "rate scale"
+                      else f"{sd['table_rate']:g} {sd['rate_unit']}")
+                lines += [f"### At {at}{vt}", ""] + _metric_table(cond, METRICS) + [""]
                 lines += [f"SLO attainment by rate ({sd['rate_unit']}){vt}:", ""] + _attainment_by_rate(s, variant) + [""]
         errs = _errors(s)
         if errs:
