@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python eval/bench_engine.py
+	$(BIN)/python eval/bench_env.py
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-enable -p no:xdist
 
 clean:

@@ -257,7 +257,10 @@ class Engine:
         # ---- apply: preemptions first, then the batch
         now = self.now_s
         preempted_ids = []
-        for rid in preempt:
+        # A plan is a mapping and a set: the outcome must not depend on their iteration order.
+        # Victims are applied newest-admitted first, each re-queued at the head, so they end up
+        # at the head of the waiting queue in admission order (vLLM's order for successive victims).
+        for rid in ([r for r in reversed(running) if r in preempt] if preempt else ()):
             req = running.pop(rid)
             self.used_blocks -= req.num_blocks
             self.recomputed_tokens += req.num_computed
@@ -284,14 +287,19 @@ class Engine:
         finished = []
         admitted_ids = []
         used = self.used_blocks
-        for req, n in batch:
-            if req.status == WAITING:
+        if admitted:
+            # Admitted requests join ``running`` in waiting-queue order, whatever the plan's order.
+            joining = [req for req, _ in batch if req.status == WAITING]
+            if len(joining) > 1:
+                joining.sort(key=self._queue_position)
+            for req in joining:
                 self._remove_waiting(req)
                 req.status = RUNNING
                 running[req.rid] = req
                 admitted_ids.append(req.rid)
                 if req.admitted_s is None:
                     req.admitted_s = now
+        for req, n in batch:
             if req.first_scheduled_s is None:
                 req.first_scheduled_s = now
             req.last_scheduled_s = now
@@ -327,6 +335,11 @@ class Engine:
                           shape)
 
     # -------------------------------------------------------------- internals
+    def _queue_position(self, req: Request) -> tuple:
+        if req.rid in self._waiting_new:
+            return (1, req.arrival_s, req.rid)
+        return (0, self._waiting_preempted.index(req), 0)
+
     def _remove_waiting(self, req: Request) -> None:
         if self._waiting_new.pop(req.rid, None) is None:
             self._waiting_preempted.remove(req)

@@ -13,6 +13,10 @@ class BatchPlan:
             admitted; a prefilling request may get any chunk ``1..remaining``; a decoding request
             gets exactly 1. Running requests left out keep their KV and simply do not run.
         preempt: running request ids whose KV is freed before the step (recompute later).
+
+    Only the contents matter, never the iteration order: the engine re-queues victims at the head
+    of the waiting queue in their admission order, and admitted requests join the running list in
+    waiting-queue order. Two equal plans (``==``) always have the same effect.
     """
 
     tokens: dict[int, int] = field(default_factory=dict)
