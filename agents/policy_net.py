@@ -3,7 +3,7 @@
 The observation is K request slots of F features each plus G global features
 (``llmsched_env.observation``). The network treats the slots as a set:
 
-    slot i ──MLP (shared by every slot)──> e_i                       (K x D)
+    slot i ──[features, ranks]──MLP (shared by every slot)──> e_i   (K x D)
     global ──MLP──> g                                                (D)
     e_i <- LayerNorm(e_i + Attention(query e_i, keys {g, e_1..e_K}))  (one layer; empty slots masked)
     context c = [g, masked mean of e_i, masked max of e_i]          (3D)
@@ -12,7 +12,13 @@ The observation is K request slots of F features each plus G global features
     budget logits     = MLP(c)          (B levels)
     value             = MLP(c)
 
-so permuting the requests among the slots permutes their logits and leaves the budget choice and
+The ranks give each request its place among the others of its kind (running or waiting) by
+age, TTFT slack, TBT slack, remaining prefill and priority: for each of these features, the
+fraction of the K slots holding a present request of the same kind with a smaller value. They
+are what an ordering heuristic (FCFS, least slack first) decides by, computed from the features
+rather than from slot positions, so they too are permutation-equivariant.
+
+So permuting the requests among the slots permutes their logits and leaves the budget choice and
 the value unchanged, and the same weights serve any K. ``SlotSetExtractor`` is the SB3 features
 extractor (its output is the flat concatenation [e_1..e_K, c]); ``SlotSetPolicy`` subclasses
 ``MaskableActorCriticPolicy`` and replaces its action head (``SlotActionHead``) and value head so
@@ -40,6 +46,21 @@ def _mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# Feature columns (llmsched_env.observation.SLOT_FEATURES) the ranks are taken over.
+RANKED = ("age", "ttft_slack", "tbt_slack", "remaining_prefill", "priority")
+
+
+def slot_ranks(x: th.Tensor, present: th.Tensor, running: th.Tensor, cols: list[int]) -> th.Tensor:
+    """(N, K, F) features -> (N, K, len(cols)): for slot i and column c, the fraction of the K
+    slots j with a present request of i's kind (running or waiting) and x[j, c] < x[i, c]."""
+    K = x.shape[1]
+    same = (running.unsqueeze(2) == running.unsqueeze(1)) & present.unsqueeze(1)      # (N, K_i, K_j)
+    v = x[..., cols]                                                                   # (N, K, C)
+    less = v.unsqueeze(1) < v.unsqueeze(2)                                             # (N, K_i, K_j, C)
+    r = (less & same.unsqueeze(-1)).sum(2).to(x.dtype) / K
+    return r * present.unsqueeze(-1).to(x.dtype)
+
+
 class SlotSetExtractor(BaseFeaturesExtractor):
     """Dict(slots=(K*F,), global=(G,)) -> [e_1 .. e_K (K*D), context (3D)].
 
@@ -60,7 +81,12 @@ class SlotSetExtractor(BaseFeaturesExtractor):
         self.G = observation_space["global"].shape[0]
         self.D = embed_dim
         super().__init__(observation_space, features_dim=self.K * embed_dim + 3 * embed_dim)
-        self.slot_mlp = _mlp([self.F, embed_dim, embed_dim])
+        from llmsched_env.observation import SLOT_FEATURES
+        if num_features != len(SLOT_FEATURES):
+            raise ValueError(f"num_features={num_features} but the env has {len(SLOT_FEATURES)} slot features")
+        self.rank_cols = [SLOT_FEATURES.index(c) for c in RANKED]
+        self.running_col = SLOT_FEATURES.index("running")
+        self.slot_mlp = _mlp([self.F + len(self.rank_cols), embed_dim, embed_dim])
         self.global_mlp = _mlp([self.G, embed_dim, embed_dim])
         self.attention = attention
         if attention:
@@ -70,7 +96,8 @@ class SlotSetExtractor(BaseFeaturesExtractor):
     def forward(self, obs: dict) -> th.Tensor:
         x = obs["slots"].reshape(-1, self.K, self.F)
         present = x[..., 0] > 0.5                                   # (N, K) feature 0 = "present"
-        e = self.slot_mlp(x)                                        # (N, K, D)
+        ranks = slot_ranks(x, present, x[..., self.running_col] > 0.5, self.rank_cols)
+        e = self.slot_mlp(th.cat([x, ranks], dim=-1))               # (N, K, D)
         g = self.global_mlp(obs["global"])                          # (N, D)
         if self.attention:
             keys = th.cat([g.unsqueeze(1), e], dim=1)                # (N, 1+K, D)

@@ -138,15 +138,20 @@ def parse_heuristic(spec: str) -> tuple[str, dict]:
 
 
 def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
-                   on_episode: Optional[Callable] = None):
+                   on_episode: Optional[Callable] = None, act: Optional[Callable] = None):
     """Behaviour-cloning data: (observations dict of arrays, masks, actions, discounted returns
-    with ``gamma``) of heuristic ``spec`` driven through the env on reset ``seeds``. A step whose plan admits beyond the K
-    slots is cut to the slotted requests (the closest expressible plan) before encoding; a step
-    still not expressible ends that episode's data."""
+    with ``gamma``) of heuristic ``spec`` on reset ``seeds``.
+
+    Without ``act`` the heuristic drives the env: a step whose plan admits beyond the K slots is
+    cut to the slotted requests (the closest expressible plan) before encoding; a step still not
+    expressible ends that episode's data. With ``act`` (DAgger) the env is driven by
+    ``act(obs, mask)`` and the heuristic only labels the states the policy visits (valid for
+    heuristics whose plan depends on the engine state alone, like slai, sarathi, vllm-v1); a
+    state it cannot express is left unlabelled."""
     name, opts = parse_heuristic(spec)
     slots, glob, masks, acts, rets = [], [], [], [], []
     for seed in seeds:
-        rewards = []
+        rewards, labelled = [], []
         sched = make_scheduler(name, **opts)
         sched.reset()
         obs, _ = env.reset(seed=seed)
@@ -161,19 +166,25 @@ def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
                 try:
                     a = env.encode_plan(cut)
                 except NotExpressible:
-                    break
-            slots.append(obs["slots"])
-            glob.append(obs["global"])
-            masks.append(env.action_masks().copy())
-            acts.append(a)
-            obs, r, term, trunc, _ = env.step(a)
+                    if act is None:
+                        break
+                    a = None
+            mask = env.action_masks().copy()
+            if a is not None:
+                slots.append(obs["slots"])
+                glob.append(obs["global"])
+                masks.append(mask)
+                acts.append(a)
+            obs, r, term, trunc, _ = env.step(a if act is None else act(obs, mask))
             rewards.append(r)
+            labelled.append(a is not None)
             if term or trunc:
                 break
         g, back = 0.0, []
-        for r in reversed(rewards):
+        for r, lab in zip(reversed(rewards), reversed(labelled)):
             g = r + gamma * g
-            back.append(g)
+            if lab:
+                back.append(g)
         rets.extend(reversed(back))
         if on_episode is not None:
             on_episode()

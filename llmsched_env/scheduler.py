@@ -40,6 +40,7 @@ def register(name: str):
 
 def _load_builtin() -> None:
     importlib.import_module("baselines")
+    importlib.import_module("agents.loader")  # the learned policy, scheduler "ppo" (torch loads lazily)
 
 
 def available_schedulers() -> list[str]:

@@ -111,6 +111,12 @@ class Args:
     bc_episodes: int = 8
     """demonstration episodes (reset seeds 1_000_000 + i, disjoint from eval seeds)"""
     bc_epochs: int = 8
+    bc_dagger_rounds: int = 2
+    """DAgger rounds after cloning (policy drives, heuristic labels; for state-only heuristics)"""
+    bc_dagger_episodes: int = 4
+    """episodes per DAgger round"""
+    bc_dagger_epochs: int = 4
+    """epochs over all data after each DAgger round"""
     bc_lr: float = 1e-3
     bc_batch_size: int = 256
     # --- evaluation
@@ -146,7 +152,18 @@ def parse_args(argv=None) -> Args:
     if ns["config"]:
         values.update(load_config(ns["config"]))
     values.update({k: v for k, v in ns.items() if v is not None})
+    if values.get("resume"):
+        # a resumed run keeps the arguments it was started with, except those given again now
+        probe = make_args(values)
+        saved = run_dir_of(probe) / "args.yaml"
+        if saved.is_file():
+            with open(saved) as f:
+                values = {**yaml.safe_load(f), **values}
     return make_args(values)
+
+
+def run_dir_of(a: Args) -> Path:
+    return Path(a.output_dir) / (a.run_name or f"{a.scenario}_{a.policy}_s{a.seed}")
 
 
 def load_config(path: str) -> dict:
@@ -198,6 +215,7 @@ def check_args(a: Args) -> None:
     if a.scenario not in list_scenarios():
         errs.append(f"unknown scenario {a.scenario!r}; known: {', '.join(list_scenarios())}")
     for name in ("total_steps", "checkpoint_interval", "eval_interval", "bc_episodes", "bc_epochs",
+                 "bc_dagger_rounds", "bc_dagger_episodes", "bc_dagger_epochs",
                  "final_eval_episodes"):
         if getattr(a, name) < 0:
             errs.append(f"{name}={getattr(a, name)} must be >= 0")
@@ -260,7 +278,9 @@ def build_model(a: Args, venv, overrides: dict):
 
 def behaviour_cloning(a: Args, model, overrides: dict, logger, console) -> dict:
     """Fit the policy to ``bc_heuristic``'s actions (cross-entropy of the masked distribution)
-    and the value head to the demonstrations' discounted returns."""
+    and the value head to the discounted returns; then ``bc_dagger_rounds`` rounds of DAgger:
+    the policy drives, the heuristic labels the states it reaches, and the policy is refitted on
+    all the data (plain cloning alone drifts into states the heuristic never shows it)."""
     from rich.progress import track
 
     from agents.rollout import demonstrations
@@ -268,43 +288,57 @@ def behaviour_cloning(a: Args, model, overrides: dict, logger, console) -> dict:
 
     env = ServingEnv(a.scenario, **overrides)
     t0 = time.perf_counter()
-    seeds = [1_000_000 + a.seed * 10_000 + i for i in range(a.bc_episodes)]
-    obs, masks, acts, rets = demonstrations(env, a.bc_heuristic, track(seeds, description=f"demos {a.bc_heuristic}",
-                                                                        disable=not a.progress, console=console),
-                                            gamma=a.gamma)
-    n = len(acts)
     pol = model.policy
     opt = th.optim.Adam(pol.parameters(), lr=a.bc_lr)
     rng = np.random.default_rng(a.seed)
-    pol.set_training_mode(True)
-    for epoch in range(a.bc_epochs):
-        order = rng.permutation(n)
-        nll_sum = acc_sum = v_sum = 0.0
-        for i in range(0, n, a.bc_batch_size):
-            idx = order[i:i + a.bc_batch_size]
-            o = {k: th.as_tensor(v[idx]) for k, v in obs.items()}
-            act = th.as_tensor(acts[idx])
-            values, logp, _ = pol.evaluate_actions(o, act, action_masks=masks[idx])
-            nll = -logp.mean()
-            vloss = th.nn.functional.mse_loss(values.flatten(), th.as_tensor(rets[idx]))
-            loss = nll + a.vf_coef * vloss
-            opt.zero_grad()
-            loss.backward()
-            th.nn.utils.clip_grad_norm_(pol.parameters(), a.max_grad_norm)
-            opt.step()
-            with th.no_grad():
-                mode = pol.get_distribution(o, action_masks=masks[idx]).mode()
-            acc_sum += float((mode == act).all(1).float().sum())
-            nll_sum += float(nll.detach()) * len(idx)
-            v_sum += float(vloss.detach()) * len(idx)
-        logger.record("bc/nll", nll_sum / n)
-        logger.record("bc/exact_action_fraction", acc_sum / n)
-        logger.record("bc/value_mse", v_sum / n)
-        logger.dump(step=epoch)
-        console.print(f"BC epoch {epoch + 1}/{a.bc_epochs}: nll {nll_sum / n:.3f}  exact actions "
+    epoch_no = 0
+
+    def fit(obs, masks, acts, rets, epochs):
+        nonlocal epoch_no
+        n = len(acts)
+        pol.set_training_mode(True)
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            nll_sum = acc_sum = v_sum = 0.0
+            for i in range(0, n, a.bc_batch_size):
+                idx = order[i:i + a.bc_batch_size]
+                o = {k: th.as_tensor(v[idx]) for k, v in obs.items()}
+                act = th.as_tensor(acts[idx])
+                values, logp, _ = pol.evaluate_actions(o, act, action_masks=masks[idx])
+                nll = -logp.mean()
+                vloss = th.nn.functional.mse_loss(values.flatten(), th.as_tensor(rets[idx]))
+                opt.zero_grad()
+                (nll + a.vf_coef * vloss).backward()
+                th.nn.utils.clip_grad_norm_(pol.parameters(), a.max_grad_norm)
+                opt.step()
+                with th.no_grad():
+                    mode = pol.get_distribution(o, action_masks=masks[idx]).mode()
+                acc_sum += float((mode == act).all(1).float().sum())
+                nll_sum += float(nll.detach()) * len(idx)
+                v_sum += float(vloss.detach()) * len(idx)
+            logger.record("bc/nll", nll_sum / n)
+            logger.record("bc/exact_action_fraction", acc_sum / n)
+            logger.record("bc/value_mse", v_sum / n)
+            logger.record("bc/samples", n)
+            logger.dump(step=epoch_no)
+            epoch_no += 1
+        pol.set_training_mode(False)
+        console.print(f"BC on {n:,} states, {epochs} epochs: nll {nll_sum / n:.3f}  exact actions "
                       f"{acc_sum / n:.3f}  value mse {v_sum / n:.3f}")
-    pol.set_training_mode(False)
-    return {"samples": n, "seconds": time.perf_counter() - t0}
+
+    base = 1_000_000 + a.seed * 10_000
+    seeds = [base + i for i in range(a.bc_episodes)]
+    data = demonstrations(env, a.bc_heuristic, track(seeds, description=f"demos {a.bc_heuristic}",
+                                                     disable=not a.progress, console=console), gamma=a.gamma)
+    fit(*data, a.bc_epochs)
+    for r in range(a.bc_dagger_rounds):
+        seeds = [base + a.bc_episodes + r * a.bc_dagger_episodes + i for i in range(a.bc_dagger_episodes)]
+        new = demonstrations(env, a.bc_heuristic, track(seeds, description=f"DAgger {r + 1}", disable=not a.progress,
+                                                        console=console), gamma=a.gamma, act=policy_act_fn(pol))
+        data = ({k: np.concatenate([data[0][k], new[0][k]]) for k in data[0]},
+                *(np.concatenate([x, y]) for x, y in zip(data[1:], new[1:])))
+        fit(*data, a.bc_dagger_epochs)
+    return {"samples": int(len(data[2])), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ------------------------------------------------------------------------------- monitoring
@@ -484,7 +518,7 @@ def main(argv=None) -> dict:
     console = Console()
     overrides = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario)
     overrides_desc = {"lam": a.lam, "slo_ttft_s": a.slo_ttft_s, "slo_tbt_s": a.slo_tbt_s}
-    run_dir = Path(a.output_dir) / (a.run_name or f"{a.scenario}_{a.policy}_s{a.seed}")
+    run_dir = run_dir_of(a)
     if run_dir.exists() and not a.resume and (run_dir / "checkpoints").exists():
         raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or another --run-name")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -521,6 +555,8 @@ def main(argv=None) -> dict:
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=monitor, reset_num_timesteps=False, log_interval=1)
     ppo_s = time.perf_counter() - t_ppo
+    if a.checkpoint_interval:
+        save_checkpoint(run_dir, model, monitor)  # the end state: a later --resume with more steps continues
     sps = (model.num_timesteps - steps0) / max(ppo_s, 1e-9)
     venv.close()
     extra.update({"train_seconds": round(time.perf_counter() - t_start, 1), "ppo_steps_per_s": round(sps, 1)})
