@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup bench clean
+.PHONY: run test setup bench clean test-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
+
+# vLLM 0.33.0 (CPU torch, vllm --no-deps) into .venv, then the hook's tests against vLLM's real
+# scheduler. Not part of `make test`: see docs/vllm.md for the time it takes.
+$(VENV)/.vllm-installed: $(STAMP) scripts/install_vllm.sh
+	bash scripts/install_vllm.sh $(BIN)/python
+	touch $@
+
+test-vllm: $(VENV)/.vllm-installed
+	LLMSCHED_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:xdist tests/test_vllm_hook.py tests/test_vllm_adapter.py
 
 bench: $(STAMP)
 	$(BIN)/python eval/bench_engine.py

@@ -4,6 +4,10 @@ A scheduler is anything with ``schedule(engine) -> BatchPlan``. It reads the eng
 ``running``, ``iter_waiting()``, ``free_blocks``, ``config``, ``now_s``, request fields) and never
 writes it. ``reset()`` is called before a new workload. Register a scheduler with
 ``@register("name")`` on its class (constructor keyword arguments are its options).
+
+Everywhere a scheduler is named (CLI, evaluation, the vLLM hook) a *spec* may carry options:
+``name:key=value,key=value``, e.g. ``vllm-v1:policy=priority`` or ``sarathi:token_budget=256``
+or ``ppo:path=agents/zoo/default``. Values are parsed as int, float, true/false/none, else string.
 """
 from __future__ import annotations
 
@@ -53,9 +57,39 @@ class UnknownScheduler(KeyError):
         return self.args[0]
 
 
+def _value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``"name:key=value,..."`` -> (name, options). Raises ValueError on a malformed option."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    if rest:
+        for item in rest.split(","):
+            key, eq, val = item.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"scheduler spec {spec!r}: option {item!r} is not key=value")
+            options[key.strip()] = _value(val.strip())
+    return name.strip(), options
+
+
 def make_scheduler(name: str, **options) -> Scheduler:
-    """Instantiate a registered scheduler. Raises UnknownScheduler listing the known names."""
+    """Instantiate a registered scheduler from its name or spec (``name:key=value,...``; keyword
+    options override the spec's). Raises UnknownScheduler listing the known names."""
     _load_builtin()
+    name, spec_options = parse_spec(name)
+    options = {**spec_options, **options}
     if name not in REGISTRY:
         raise UnknownScheduler(f"unknown scheduler {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     try:

@@ -13,6 +13,9 @@ from llmsched_env.observation import GLOBAL_FEATURES, SLOT_FEATURES
 from llmsched_env.request import RUNNING, RequestSpec
 from llmsched_env.scenarios import ENV_IDS, TIERS
 
+# The presets' cost models and the trace lengths come from ../shared/data.
+pytestmark = pytest.mark.usefixtures("shared_data")
+
 SMALL = WorkloadConfig(num_requests=12, arrival="poisson", rate=20.0, lengths="trace", slo_classes=TIERS,
                        oversize="drop", max_total_len=4096)
 

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 import llmsched_env  # noqa: F401  (registers the ids)
 from llmsched_env import WorkloadConfig
 from llmsched_env.scenarios import TIERS
+
+# The presets' cost models and the trace lengths come from ../shared/data.
+pytestmark = pytest.mark.usefixtures("shared_data")
 
 TINY = dict(workload=WorkloadConfig(num_requests=8, arrival="poisson", rate=20.0, lengths="trace",
                                     slo_classes=TIERS, oversize="drop", max_total_len=2048),

@@ -14,6 +14,9 @@ from llmsched_env import Engine, ServingEnv, WorkloadConfig, available_scheduler
 from llmsched_env.action import FILL, NotExpressible
 from llmsched_env.scenarios import TIERS
 
+# The presets' cost models and the trace lengths come from ../shared/data.
+pytestmark = pytest.mark.usefixtures("shared_data")
+
 # Schedulers that cannot be expressed by construction, with the reason.
 NOT_EXPRESSIBLE = {
     "optimal": "replays a CP-SAT schedule whose chunk sizes are arbitrary integers, not a whole "
@@ -22,9 +25,10 @@ NOT_EXPRESSIBLE = {
 VOLATILE = {"wall_s", "steps_per_s", "scheduler", "preset"}  # timing and labels
 K = 32
 # Small KV (preemptions happen), a 1024-token budget (budget-remainder chunks) and a high arrival
-# rate (queues form); 20-28 requests, so every request fits in the K slots.
+# rate (queues form); 20-28 requests, so every request fits in the K slots; prompt + output is
+# clipped to the budget so that whole-prompt schedulers (vllm-v0, orca, ...) can run.
 WORKLOADS = [WorkloadConfig(num_requests=n, arrival="poisson", rate=rate, lengths="trace", slo_classes=TIERS,
-                            oversize="drop", max_total_len=2048, seed=seed)
+                            oversize="clip", max_total_len=1024, seed=seed)
              for n, rate, seed in ((20, 30.0, 0), (28, 60.0, 1), (24, 10.0, 2))]
 
 

@@ -9,6 +9,9 @@ import pytest
 from eval.bench_env import make_policy
 from llmsched_env import ServingEnv, get_scenario
 
+# The presets' cost models and the trace lengths come from ../shared/data.
+pytestmark = pytest.mark.usefixtures("shared_data")
+
 
 def test_env_step_speed(benchmark):
     pytest.importorskip("pytest_benchmark")
