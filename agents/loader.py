@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 import yaml
 
-from llmsched_env.action import ActionDecoder
-from llmsched_env.observation import ObservationEncoder, assign_slots
-from llmsched_env.plan import BatchPlan
-from llmsched_env.reward import SLOReward
 from llmsched_env.scenarios import get_scenario
 from llmsched_env.scheduler import register
+
+from .obs_norm import ObsNormalization
+from .policy_scheduler import PolicyLayout, SlotPolicyScheduler
 
 
 class LoadedPolicy:
@@ -50,14 +48,18 @@ class LoadedPolicy:
         import agents.policy_net  # noqa: F401  (the policy classes policy.pt names)
         with open(d / "policy.yaml") as f:
             self.meta = yaml.safe_load(f)
-        if self.meta.get("obs_normalization"):
-            raise ValueError(f"{d}: observation normalisation {self.meta['obs_normalization']!r} is not supported")
         module, _, cls = self.meta["policy_class"].rpartition(".")
         policy_cls = getattr(__import__(module, fromlist=[cls]), cls)
         th.distributions.Distribution.set_default_validate_args(False)
         self.policy = policy_cls.load(str(d / "policy.pt"), device="cpu")
         self.policy.set_training_mode(False)
         self.directory = d
+        space = self.policy.observation_space
+        try:
+            self.obs_norm = ObsNormalization.from_meta(self.meta.get("obs_normalization"),
+                                                       {k: space[k].shape[0] for k in space.spaces})
+        except ValueError as e:
+            raise ValueError(f"{d}/policy.yaml: {e}") from None
 
     @property
     def scenario_name(self) -> str:
@@ -68,12 +70,20 @@ class LoadedPolicy:
         o = self.meta.get("overrides") or {}
         return scenario_overrides(o.get("lam"), o.get("slo_ttft_s"), o.get("slo_tbt_s"), self.scenario_name)
 
+    def layout(self) -> PolicyLayout:
+        """The observation/action layout of the scenario it was trained on."""
+        sc = get_scenario(self.scenario_name).with_(
+            **{k: v for k, v in self.env_overrides().items() if k != "workload"})
+        return PolicyLayout.from_scenario(sc, self.policy.action_space.nvec)
+
     def make_env(self, **extra):
         from llmsched_env import ServingEnv
         return ServingEnv(self.scenario_name, **{**self.env_overrides(), **extra})
 
     def act(self, obs: dict, mask: np.ndarray) -> np.ndarray:
         """Deterministic action (the mode of the masked distribution)."""
+        if self.obs_norm is not None:
+            obs = self.obs_norm.apply(obs)
         action, _ = self.policy.predict(obs, deterministic=True, action_masks=mask)
         return action
 
@@ -83,53 +93,16 @@ def load_policy(directory: str | Path) -> LoadedPolicy:
 
 
 @register("ppo")
-class PPOScheduler:
-    """A trained policy as a scheduler. Option ``path``: the policy directory (default: the
-    shipped ``agents/zoo/default``). The engine may have any limits: the action decoder is built
-    for its KV capacity, token budget and sequence cap (capped at K - waiting_slots so every
-    running request has a slot, as in the environment)."""
+class PPOScheduler(SlotPolicyScheduler):
+    """A trained policy as a scheduler (see ``agents.policy_scheduler``). Option ``path``: the
+    policy directory (default: the shipped ``agents/zoo/default``). The engine may have any limits:
+    the action decoder is built for its KV capacity, token budget and sequence cap (capped at
+    K - waiting_slots so every running request has a slot, as in the environment)."""
 
     def __init__(self, path: Optional[str] = None):
         self.path = path or os.environ.get("LLMSCHED_PPO_PATH") or str(Path(__file__).resolve().parent / "zoo" / "default")
         self.policy = load_policy(self.path)
-        self.scenario = get_scenario(self.policy.scenario_name).with_(
-            **{k: v for k, v in self.policy.env_overrides().items() if k != "workload"})
-        self._engine_id = None
+        super().__init__(self.policy.layout())
 
-    def reset(self) -> None:
-        self._engine_id = None
-
-    def _setup(self, engine) -> None:
-        sc, cfg = self.scenario, engine.config
-        K = sc.num_slots
-        max_running = min(cfg.max_num_seqs, K - sc.waiting_slots)
-        self.decoder = ActionDecoder(K, sc.chunk_sizes, sc.budget_levels, cfg.max_num_batched_tokens,
-                                     cfg.block_size, max_running, cfg.num_kv_blocks)
-        self.observer = ObservationEncoder(K, cfg.num_kv_blocks, max_running, cfg.max_num_batched_tokens)
-        self.reward = SLOReward(sc.lam, cfg.num_gpus)  # its ``alive`` bookkeeping feeds slo_alive
-        self._steps = 0
-        self._last: dict[int, int] = {}
-        self._engine_id = id(engine)
-
-    def _track(self, engine) -> None:
-        """Feed the tokens emitted since the last call to the SLO bookkeeping (as the env does)."""
-        reqs = engine.requests
-        emitted = [rid for rid, n in self._last.items() if len(reqs[rid].token_times) > n]
-        if emitted:
-            finished = [rid for rid in emitted if reqs[rid].finish_s is not None]
-            self.reward.step(engine, SimpleNamespace(emitted=emitted, finished=finished, latency_s=0.0))
-
-    def schedule(self, engine) -> BatchPlan:
-        if self._engine_id != id(engine):
-            self._setup(engine)
-        else:
-            self._track(engine)
-        slots = assign_slots(engine, self.scenario.num_slots)
-        has_pred = any(r.predicted_output_len is not None for r in slots)
-        obs = self.observer.encode(engine, slots, self.reward.alive, self._steps, self.scenario.max_steps,
-                                   engine.num_requests, has_pred)
-        mask = self.decoder.action_mask(engine, slots)
-        plan, _ = self.decoder.decode(engine, slots, self.policy.act(obs, mask))
-        self._last = {rid: len(engine.requests[rid].token_times) for rid in plan.tokens}
-        self._steps += 1
-        return plan
+    def act(self, obs: dict, mask: np.ndarray) -> np.ndarray:
+        return self.policy.act(obs, mask)

@@ -21,6 +21,7 @@ console = Console()
 PLUGINS: list[str] = [
     "baselines.compare",
     "llmsched_env.profiling",
+    "agents.export",
 ]
 
 
