@@ -23,6 +23,18 @@ from llmsched_env.observation import ObservationEncoder, assign_slots
 from llmsched_env.plan import BatchPlan
 from llmsched_env.reward import SLOReward
 
+from .vllm_adapter import OracleUnavailable
+
+
+def output_len_or_cap(req) -> int:
+    """The request's true output length where the engine knows it (simulation); inside a serving
+    engine (the vLLM view) its ``max_output_len`` cap, so ``slo_alive`` turns 0 no earlier than
+    the true length would make it."""
+    try:
+        return req.output_len
+    except OracleUnavailable:
+        return req.max_output_len
+
 
 @dataclass(frozen=True)
 class PolicyLayout:
@@ -80,15 +92,17 @@ class SlotPolicyScheduler:
                 f"{list(lo.budget_levels)} resolve to {list(self.decoder.budget_levels)}, sizes "
                 f"{self.decoder.nvec.tolist()}; run it on an engine whose budget keeps every level distinct")
         self.observer = ObservationEncoder(K, cfg.num_kv_blocks, max_running, cfg.max_num_batched_tokens)
-        self.reward = SLOReward(lo.lam, cfg.num_gpus)  # its ``alive`` bookkeeping feeds slo_alive
+        # its ``alive`` bookkeeping feeds slo_alive
+        self.reward = SLOReward(lo.lam, cfg.num_gpus, output_len=output_len_or_cap)
         self._steps = 0
         self._last: dict[int, int] = {}
         self._engine_id = id(engine)
 
     def _track(self, engine) -> None:
-        """Feed the tokens emitted since the last call to the SLO bookkeeping (as the env does)."""
+        """Feed the tokens emitted since the last call to the SLO bookkeeping (as the env does).
+        Requests a serving engine's view no longer lists (finished) are skipped."""
         reqs = engine.requests
-        emitted = [rid for rid, n in self._last.items() if len(reqs[rid].token_times) > n]
+        emitted = [rid for rid, n in self._last.items() if rid in reqs and len(reqs[rid].token_times) > n]
         if emitted:
             finished = [rid for rid in emitted if reqs[rid].finish_s is not None]
             self.reward.step(engine, SimpleNamespace(emitted=emitted, finished=finished, latency_s=0.0))
