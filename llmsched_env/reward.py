@@ -38,6 +38,10 @@ from .metrics import slo_met
 _MARGIN = 1.0 + 1e-9
 
 
+def true_output_len(req) -> int:
+    return req.output_len
+
+
 class SLOReward:
     """Tracks per-request SLO credit for one episode.
 
@@ -53,7 +57,7 @@ class SLOReward:
         self.lam = lam
         self.num_gpus = num_gpus
         # request -> its output length, tokens (default: the true one, known in simulation)
-        self.output_len = output_len or (lambda req: req.output_len)
+        self.output_len = output_len or true_output_len
         self.reset()
 
     def reset(self) -> None:
