@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/llmsched simulate --scheduler fcfs --trace splitwise_conv --num-requests 2000 --window-start 0
+	$(BIN)/python train/ppo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests

@@ -9,6 +9,7 @@ time), ``repairs`` (decoder repairs, all kinds), ``steps`` (engine steps), ``tru
 """
 from __future__ import annotations
 
+import copy
 import pickle
 from dataclasses import replace
 from typing import Callable, Optional
@@ -137,14 +138,52 @@ def parse_heuristic(spec: str) -> tuple[str, dict]:
     return name, opts
 
 
+class WindowView:
+    """The engine as a scheduler would see it if the waiting queue held only the waiting requests
+    in the K slots (read-only; everything else is the engine's). A heuristic run on it gives the
+    closest label an action can express when its real plan admits requests beyond the slots."""
+
+    def __init__(self, engine, slots):
+        self._engine = engine
+        self._waiting = [r for r in slots if r.rid not in engine.running]
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def iter_waiting(self):
+        return iter(self._waiting)
+
+    @property
+    def waiting(self):
+        return list(self._waiting)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+
+def _window_label(env: ServingEnv, sched, plan: BatchPlan) -> Optional[np.ndarray]:
+    try:
+        return env.encode_plan(copy.deepcopy(sched).schedule(WindowView(env.engine, env.slots)))
+    except NotExpressible:
+        pass
+    seen = {r.rid for r in env.slots}
+    try:
+        return env.encode_plan(BatchPlan(tokens={k: v for k, v in plan.tokens.items() if k in seen},
+                                         preempt={k for k in plan.preempt if k in seen}))
+    except NotExpressible:
+        return None
+
+
 def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
                    on_episode: Optional[Callable] = None, act: Optional[Callable] = None):
     """Behaviour-cloning data: (observations dict of arrays, masks, actions, discounted returns
     with ``gamma``) of heuristic ``spec`` on reset ``seeds``.
 
-    Without ``act`` the heuristic drives the env: a step whose plan admits beyond the K slots is
-    cut to the slotted requests (the closest expressible plan) before encoding; a step still not
-    expressible ends that episode's data. With ``act`` (DAgger) the env is driven by
+    Without ``act`` the heuristic drives the env. When its plan admits requests beyond the K
+    slots, the label is the plan of a copy of the heuristic run on ``WindowView`` (the waiting
+    queue cut to the slotted requests), else the plan cut to the slotted requests; a step still
+    not expressible ends that episode's data. With ``act`` (DAgger) the env is driven by
     ``act(obs, mask)`` and the heuristic only labels the states the policy visits (valid for
     heuristics whose plan depends on the engine state alone, like slai, sarathi, vllm-v1); a
     state it cannot express is left unlabelled."""
@@ -160,15 +199,9 @@ def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
             try:
                 a = env.encode_plan(plan)
             except NotExpressible:
-                seen = {r.rid for r in env.slots}
-                cut = BatchPlan(tokens={k: v for k, v in plan.tokens.items() if k in seen},
-                                preempt={k for k in plan.preempt if k in seen})
-                try:
-                    a = env.encode_plan(cut)
-                except NotExpressible:
-                    if act is None:
-                        break
-                    a = None
+                a = _window_label(env, sched, plan)
+                if a is None and act is None:
+                    break
             mask = env.action_masks().copy()
             if a is not None:
                 slots.append(obs["slots"])

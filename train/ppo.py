@@ -19,7 +19,8 @@ Steps, top to bottom:
   4. PPO, with TensorBoard scalars (names in the README, "Training"), a rich progress bar,
      periodic deterministic evaluation against the reference heuristic on validation seeds,
      and checkpoints from which ``--resume`` continues bit for bit;
-  5. save the policy (``<run>/policy/``: policy.pt + policy.yaml, loadable with
+  5. save the policy (``<run>/policy/``, and ``<run>/policy_best/``: the best on the validation
+     seeds so far; each policy.pt + policy.yaml, loadable with
      ``agents.loader.load_policy`` or as scheduler ``ppo`` with ``path=<run>/policy``) and print
      policy vs reference on held-out seeds.
 
@@ -359,16 +360,19 @@ def make_monitor(a: Args, overrides: dict, run_dir: Path, console):
             self.next_eval = a.eval_interval if a.eval_interval else None
             self.next_ckpt = a.checkpoint_interval if a.checkpoint_interval else None
             self.last_eval: dict = {}
+            self.best = -float("inf")
             self.bar = None
             self.t0 = time.perf_counter()
             self.steps0 = 0
 
         # state that must survive a resume
         def state(self) -> dict:
-            return {"next_eval": self.next_eval, "next_ckpt": self.next_ckpt, "last_eval": self.last_eval}
+            return {"next_eval": self.next_eval, "next_ckpt": self.next_ckpt, "last_eval": self.last_eval,
+                    "best": self.best}
 
         def load_state(self, s: dict) -> None:
             self.next_eval, self.next_ckpt, self.last_eval = s["next_eval"], s["next_ckpt"], s["last_eval"]
+            self.best = s["best"]
 
         def _on_training_start(self) -> None:
             self.steps0 = self.num_timesteps
@@ -431,6 +435,11 @@ def make_monitor(a: Args, overrides: dict, run_dir: Path, console):
                               "policy_slo": float(np.mean([r["slo_attainment"] for r in rows])),
                               "reference_slo": float(np.mean([r["slo_attainment"] for r in self.reference])),
                               "step": self.num_timesteps}
+            if self.last_eval["policy"] > self.best:  # model selection on validation seeds only
+                self.best = self.last_eval["policy"]
+                save_policy(a, self.model, run_dir / "policy_best", overrides_desc(a),
+                            {"selected_at_step": int(self.num_timesteps), "validation_return": self.best,
+                             "validation_seeds": self.seeds})
             return self.last_eval
 
         def _on_training_end(self) -> None:
@@ -488,6 +497,10 @@ def load_checkpoint(run_dir: Path, venv, monitor):
     return model, state["num_timesteps"]
 
 
+def overrides_desc(a: Args) -> dict:
+    return {"lam": a.lam, "slo_ttft_s": a.slo_ttft_s, "slo_tbt_s": a.slo_tbt_s}
+
+
 def save_policy(a: Args, model, out: Path, overrides_desc: dict, extra: dict) -> Path:
     """<out>/policy.pt (the policy alone: network + constructor arguments) and policy.yaml (the
     scenario and overrides it was trained on, the command, the training summary)."""
@@ -517,7 +530,6 @@ def main(argv=None) -> dict:
     th.distributions.Distribution.set_default_validate_args(False)
     console = Console()
     overrides = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario)
-    overrides_desc = {"lam": a.lam, "slo_ttft_s": a.slo_ttft_s, "slo_tbt_s": a.slo_tbt_s}
     run_dir = run_dir_of(a)
     if run_dir.exists() and not a.resume and (run_dir / "checkpoints").exists():
         raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or another --run-name")
@@ -560,7 +572,7 @@ def main(argv=None) -> dict:
     sps = (model.num_timesteps - steps0) / max(ppo_s, 1e-9)
     venv.close()
     extra.update({"train_seconds": round(time.perf_counter() - t_start, 1), "ppo_steps_per_s": round(sps, 1)})
-    policy_dir = save_policy(a, model, run_dir / "policy", overrides_desc, extra)
+    policy_dir = save_policy(a, model, run_dir / "policy", overrides_desc(a), extra)
     console.print(f"policy saved to {policy_dir} ({model.num_timesteps:,} steps, {ppo_s:.0f} s of PPO, "
                   f"{sps:.0f} env steps/s)")
 
