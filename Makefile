@@ -36,6 +36,7 @@ test-vllm: $(VENV)/.vllm-installed
 bench: $(STAMP)
 	$(BIN)/python eval/bench_engine.py
 	$(BIN)/python eval/bench_env.py
+	$(BIN)/python eval/bench_export.py
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-enable -p no:xdist
 
 clean:

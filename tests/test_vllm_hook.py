@@ -87,7 +87,9 @@ def test_every_registered_scheduler_runs_inside_vllm(model_config):
     """Each registered llmsched scheduler serves a workload through the hook to completion and
     vLLM carries out its plans exactly; oracle schedulers are refused with OracleUnavailable."""
     ran = []
-    for name in available_schedulers():
+    # learned policies need a token budget that keeps their budget levels distinct (here 128):
+    # tests/test_vllm_export.py serves one through the hook
+    for name in sorted(set(available_schedulers()) - {"ppo", "onnx"}):
         try:
             policy = make_scheduler(name)
         except ValueError:
