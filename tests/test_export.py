@@ -267,6 +267,8 @@ def test_cli_export_verifies_and_simulate_serves(policies, tmp_path, capsys):
     assert "actions equal the policy's on 40 states" in capsys.readouterr().out
     m = json.loads((out / MANIFEST).read_text())
     assert m["observation"]["slot_features"] == list(SLOT_FEATURES)
+    assert list(m["observation"]["slot_feature_scales"]) == list(SLOT_FEATURES)
+    assert list(m["observation"]["global_feature_scales"]) == list(GLOBAL_FEATURES)
     assert m["action"]["chunk_sizes"] == [32, 128, 512, 2048] and m["action"]["budget_levels"][-1] is None
     assert m["scenario"]["name"] == "default" and m["model"]["opset"] == 17
     # deterministic: the same policy exports to the same bytes
