@@ -30,7 +30,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import torch as th
-from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy, MaskableMultiInputActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
@@ -189,7 +189,7 @@ class SlotSetPolicy(MaskableActorCriticPolicy):
         return data
 
 
-class FastMaskableMultiInputPolicy(MaskableActorCriticPolicy):
+class FastMaskableMultiInputPolicy(MaskableMultiInputActorCriticPolicy):
     """The plain MLP baseline (sb3-contrib's MultiInputPolicy: the observation dict flattened and
     concatenated, then ``net_arch``) with the vectorised ``SlotCategoricalDistribution``, so it
     is compared with ``SlotSetPolicy`` at the same per-step cost of the distribution."""
