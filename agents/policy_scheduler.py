@@ -7,7 +7,8 @@ encodes them, ``ActionDecoder`` masks the choices and decodes the policy's actio
 ``BatchPlan`` (with its repairs). Subclasses supply only ``act(obs, mask) -> action``.
 
 The encoder and decoder are built for the engine's own limits (KV capacity, token budget, sequence
-cap), so the policy acts on any engine, a vLLM view included. The running set the policy is shown
+cap), so the policy acts on any engine, a vLLM view included. On an engine whose token budget is
+below some of the policy's budget levels, those levels mean the engine's budget. The running set the policy is shown
 is capped at ``K - waiting_slots`` as in the environment.
 """
 from __future__ import annotations
@@ -85,18 +86,32 @@ class SlotPolicyScheduler:
         max_running = min(cfg.max_num_seqs, K - lo.waiting_slots)
         self.decoder = ActionDecoder(K, lo.chunk_sizes, lo.budget_levels, cfg.max_num_batched_tokens,
                                      cfg.block_size, max_running, cfg.num_kv_blocks)
-        if tuple(self.decoder.nvec.tolist()) != lo.nvec:
-            raise ValueError(
-                f"the policy's action has sizes {list(lo.nvec)} but on this engine (token budget "
-                f"max_num_batched_tokens={cfg.max_num_batched_tokens}) its budget levels "
-                f"{list(lo.budget_levels)} resolve to {list(self.decoder.budget_levels)}, sizes "
-                f"{self.decoder.nvec.tolist()}; run it on an engine whose budget keeps every level distinct")
+        self._budget_map = self._map_budget_levels(cfg.max_num_batched_tokens)
         self.observer = ObservationEncoder(K, cfg.num_kv_blocks, max_running, cfg.max_num_batched_tokens)
         # its ``alive`` bookkeeping feeds slo_alive
         self.reward = SLOReward(lo.lam, cfg.num_gpus, output_len=output_len_or_cap)
         self._steps = 0
         self._last: dict[int, int] = {}
         self._engine_id = id(engine)
+
+    def _map_budget_levels(self, engine_budget: int) -> Optional[np.ndarray]:
+        """None when the engine resolves the policy's budget levels as training did; else, for
+        each level the policy can choose, the decoder's index of that budget on this engine
+        (levels above the engine's ``max_num_batched_tokens`` become it, so several levels may
+        map to one). Raises ValueError when the policy's action cannot be related to the engine's."""
+        lo, dec = self.layout, self.decoder
+        if tuple(dec.nvec.tolist()) == lo.nvec:
+            return None
+        # the training engine's budget was above every explicit level (else they would have merged
+        # and nvec would show fewer levels): its sorted levels are the explicit ones, then None
+        trained = sorted({b for b in lo.budget_levels if b is not None})
+        trained += [None] if None in lo.budget_levels else []
+        if len(trained) != lo.nvec[-1] or tuple(dec.nvec[:-1].tolist()) != lo.nvec[:-1]:
+            raise ValueError(f"the policy's action has sizes {list(lo.nvec)} but this engine's decoder "
+                             f"{dec.nvec.tolist()} (budget levels {list(lo.budget_levels)}, engine token "
+                             f"budget {engine_budget}): the policy does not fit this engine")
+        return np.array([dec.budget_levels.index(dec.max_budget if b is None else min(b, dec.max_budget))
+                         for b in trained], dtype=np.int64)
 
     def _track(self, engine) -> None:
         """Feed the tokens emitted since the last call to the SLO bookkeeping (as the env does).
@@ -118,11 +133,18 @@ class SlotPolicyScheduler:
         has_pred = any(r.predicted_output_len is not None for r in slots)
         obs = self.observer.encode(engine, slots, self.reward.alive, self._steps, self.layout.max_steps,
                                    engine.num_requests, has_pred)
-        return slots, obs, self.decoder.action_mask(engine, slots)
+        mask = self.decoder.action_mask(engine, slots)
+        if self._budget_map is not None:  # every budget level is always allowed
+            mask = np.concatenate((mask[:-len(self.decoder.budget_levels)], np.ones(self.layout.nvec[-1], bool)))
+        return slots, obs, mask
 
     def schedule(self, engine) -> BatchPlan:
         slots, obs, mask = self.observe(engine)
-        plan, _ = self.decoder.decode(engine, slots, self.act(obs, mask))
+        action = self.act(obs, mask)
+        if self._budget_map is not None:
+            action = np.array(action, dtype=np.int64)
+            action[-1] = self._budget_map[action[-1]]
+        plan, _ = self.decoder.decode(engine, slots, action)
         self._last = {rid: len(engine.requests[rid].token_times) for rid in plan.tokens}
         self._steps += 1
         return plan

@@ -166,12 +166,22 @@ def test_onnx_scheduler_reproduces_the_ppo_scheduler(policies):
     assert sum(len(t) for t, _ in out["onnx"][0]) > 100
 
 
-def test_engine_whose_budget_merges_levels_is_refused(policies):
-    specs = [RequestSpec(rid=i, arrival_s=0.0, prompt_len=100, output_len=5) for i in range(3)]
-    eng = Engine(specs, EngineConfig(num_kv_blocks=100, block_size=16, max_num_batched_tokens=512,
-                                     max_num_seqs=4), LinearCostModel(0.01, 1e-4))
-    with pytest.raises(ValueError, match=r"budget levels .* resolve to \[256, 512\]"):
-        make_scheduler("onnx", path=str(export_dir(policies, "set"))).schedule(eng)
+def test_budget_levels_above_the_engines_budget_mean_its_budget(policies):
+    """Engine budget 512: the policy's levels 256, 512, 1024, 2048, None act as 256, 512, 512,
+    512, 512; the policy still gets its own mask layout and every plan respects the budget."""
+    specs = [RequestSpec(rid=i, arrival_s=0.1 * i, prompt_len=300 + 40 * i, output_len=5) for i in range(12)]
+    eng = Engine(specs, EngineConfig(num_kv_blocks=200, block_size=16, max_num_batched_tokens=512,
+                                     max_num_seqs=6), LinearCostModel(0.01, 1e-4))
+    sched = Recorder(make_scheduler("onnx", path=str(export_dir(policies, "set"))))
+    m = run(eng, sched)
+    assert sched.sched._budget_map.tolist() == [0, 1, 1, 1, 1]
+    assert m["num_finished"] == 12
+    assert all(sum(t.values()) <= 512 for t, _ in sched.plans)
+    from agents.policy_scheduler import PolicyLayout, SlotPolicyScheduler
+    odd = SlotPolicyScheduler(PolicyLayout(32, 8, (32, 128, 512, 2048), (256, 512, 1024, 2048, None),
+                                           10_000, 0.5, tuple([8] * 32 + [3])))
+    with pytest.raises(ValueError, match=r"the policy does not fit this engine"):
+        odd.schedule(eng)
 
 
 def _copy_export(src: Path, dst: Path) -> Path:
