@@ -6,7 +6,7 @@ writes ``exports/default/policy.onnx`` (the policy's deterministic action, obser
 normalisation folded in; see ``agents.policy_graph``) and ``manifest.json`` (layout, scenario,
 input/output names and shapes, opset, versions, the model's SHA-256; see ``agents.onnx_runtime``).
 Before the manifest is left in place the export is checked: ``--verify-steps`` states of the
-policy's own scenario (episodes driven by the policy) must give the same action from
+policy's own scenario (episodes driven by the exported policy) must give the same action from
 onnxruntime as from the SB3 policy, or the export fails and removes its manifest.
 
 The exporter is torch's TorchScript-based ``torch.onnx.export(..., dynamo=False)``: it needs
@@ -124,9 +124,8 @@ def _export(pol, out: Path, verify_steps: int, seed: int, opset: int) -> dict:
     bad = []
     if verify_steps:
         env = pol.make_env()
-        for i, (obs, mask) in enumerate(episode_states(env, pol.act, verify_steps, seed)):
-            a, b = pol.act(obs, mask), runtime.act(obs, mask)
-            if not np.array_equal(a, b):
+        for i, (obs, mask) in enumerate(episode_states(env, runtime.act, verify_steps, seed)):
+            if not np.array_equal(pol.act(obs, mask), runtime.act(obs, mask)):
                 bad.append(i)
     if bad:
         (out / MANIFEST).unlink()

@@ -304,3 +304,13 @@ def test_bad_obs_normalization_is_refused(policies, tmp_path):
         (d / "policy.yaml").write_text(yaml.safe_dump({**meta, "obs_normalization": bad}))
         with pytest.raises(ValueError, match=msg):
             load_policy(d)
+
+
+def test_export_that_disagrees_with_the_policy_is_not_left_servable(policies, tmp_path, monkeypatch):
+    """A graph whose masking is wrong (masked choices win) fails the verification and leaves no
+    manifest, so nothing can serve it."""
+    import agents.policy_graph
+    monkeypatch.setattr(agents.policy_graph, "_NEG", 1e8)
+    with pytest.raises(ExportError, match=r"differs from the policy's in \d+ of 20 states.*manifest removed"):
+        export_policy(policies["set"], tmp_path / "bad", verify_steps=20)
+    assert not (tmp_path / "bad" / MANIFEST).exists()
