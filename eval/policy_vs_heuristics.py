@@ -62,6 +62,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--heuristics", default="all")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--json")
+    ap.add_argument("--cache", help="JSON file of heuristic episode rows (heuristics are deterministic: "
+                                    "rows are reused when scenario, overrides, heuristic and seed match)")
     a = ap.parse_args(argv)
     if a.episodes < 2:
         ap.error("--episodes must be >= 2 for a confidence interval")
@@ -69,13 +71,29 @@ def main(argv=None) -> dict:
     pol = load_policy(a.policy)  # fail early on a bad directory
     heur = ALL.split(",") if a.heuristics == "all" else a.heuristics.split(",")
     seeds = list(range(a.seed, a.seed + a.episodes))
-    jobs = [("policy", "policy", a.policy, seeds)] + [("heuristic", h, a.policy, seeds) for h in heur]
+    key = json.dumps([pol.scenario_name, pol.meta.get("overrides")])
+    cache = {}
+    if a.cache and Path(a.cache).is_file():
+        cache = json.loads(Path(a.cache).read_text())
     rows: dict = {}
+    jobs = [("policy", "policy", a.policy, seeds)]
+    for h in heur:
+        hit = [cache.get(f"{key}|{h}|{s}") for s in seeds]
+        if all(hit):
+            rows[h] = hit
+        else:
+            jobs.append(("heuristic", h, a.policy, seeds))
     with Progress() as bar, ProcessPoolExecutor(a.jobs) as ex:
         task = bar.add_task("schedulers", total=len(jobs))
         for name, eps in ex.map(_episodes, jobs):
             rows[name] = eps
             bar.advance(task)
+    rows = {"policy": rows["policy"], **{h: rows[h] for h in heur}}
+    if a.cache:
+        for h in heur:
+            for s, e in zip(seeds, rows[h]):
+                cache[f"{key}|{h}|{s}"] = e
+        Path(a.cache).write_text(json.dumps(cache))
     p = rows["policy"]
     t = Table(title=f"{a.policy} (scenario {pol.scenario_name}) vs heuristics: {a.episodes} held-out episodes, "
                     f"reset seeds {seeds[0]}..{seeds[-1]}; diff = policy - heuristic, paired 95% CI")

@@ -343,7 +343,7 @@ def behaviour_cloning(a: Args, model, overrides: dict, logger, console) -> dict:
 
 
 # ------------------------------------------------------------------------------- monitoring
-def make_monitor(a: Args, overrides: dict, run_dir: Path, console):
+def make_monitor(a: Args, overrides: dict, run_dir: Path, console, command: str = ""):
     """The training callback: episode metrics, evaluations, checkpoints, progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from stable_baselines3.common.callbacks import BaseCallback
@@ -438,7 +438,7 @@ def make_monitor(a: Args, overrides: dict, run_dir: Path, console):
             if self.last_eval["policy"] > self.best:  # model selection on validation seeds only
                 self.best = self.last_eval["policy"]
                 save_policy(a, self.model, run_dir / "policy_best", overrides_desc(a),
-                            {"selected_at_step": int(self.num_timesteps), "validation_return": self.best,
+                            {"command": command, "selected_at_step": int(self.num_timesteps), "validation_return": self.best,
                              "validation_seeds": self.seeds})
             return self.last_eval
 
@@ -518,6 +518,7 @@ def save_policy(a: Args, model, out: Path, overrides_desc: dict, extra: dict) ->
 # --------------------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    command = "python train/ppo.py " + " ".join(sys.argv[1:] if argv is None else argv)
     from rich.console import Console
     from rich.table import Table
     from stable_baselines3.common.logger import configure
@@ -538,8 +539,8 @@ def main(argv=None) -> dict:
                   f"{a.n_envs} envs -> {run_dir}")
 
     venv = SubprocVecEnv([make_env_fn(a.scenario, overrides) for _ in range(a.n_envs)], start_method="fork")
-    monitor = make_monitor(a, overrides, run_dir, console)
-    extra: dict = {}
+    monitor = make_monitor(a, overrides, run_dir, console, command)
+    extra: dict = {"command": command}
     t_start = time.perf_counter()
     if a.resume:
         model, done = load_checkpoint(run_dir, venv, monitor)
