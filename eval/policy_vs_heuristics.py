@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -45,6 +46,8 @@ def paired_ci(diff, level: float = 0.95) -> tuple[float, float, float]:
 
 def _episodes(job):
     kind, name, policy_dir, seeds = job
+    import torch
+    torch.set_num_threads(1)
     from agents.loader import load_policy
     from agents.rollout import heuristic_episode, policy_episode
     pol = load_policy(policy_dir)
@@ -83,7 +86,7 @@ def main(argv=None) -> dict:
             rows[h] = hit
         else:
             jobs.append(("heuristic", h, a.policy, seeds))
-    with Progress() as bar, ProcessPoolExecutor(a.jobs) as ex:
+    with Progress() as bar, ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as ex:
         task = bar.add_task("schedulers", total=len(jobs))
         for name, eps in ex.map(_episodes, jobs):
             rows[name] = eps
@@ -117,7 +120,7 @@ def main(argv=None) -> dict:
                   "" if name == "policy" else f"{dr[0]:+.2f} [{dr[1]:+.2f}, {dr[2]:+.2f}]",
                   "" if name == "policy" else f"{ds[0]:+.3f} [{ds[1]:+.3f}, {ds[2]:+.3f}]",
                   "" if name == "policy" else f"{direct}/{a.episodes}")
-    console = Console()
+    console = Console(width=max(160, Console().width))
     console.print(t)
     best = max((n for n in rows if n != "policy"), key=lambda n: out["rows"][n]["slo_attainment"])
     b = out["rows"][best]
