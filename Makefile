@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/llmsched simulate --scheduler fcfs --trace splitwise_conv --num-requests 2000 --window-start 0
+	$(BIN)/python train/ppo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
@@ -36,6 +36,7 @@ test-vllm: $(VENV)/.vllm-installed
 bench: $(STAMP)
 	$(BIN)/python eval/bench_engine.py
 	$(BIN)/python eval/bench_env.py
+	$(BIN)/python eval/bench_export.py
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-enable -p no:xdist
 
 # the evaluation report in docs/ (docs/evaluation.md); POLICY=agents/zoo/default adds a policy

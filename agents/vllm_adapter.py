@@ -287,6 +287,12 @@ class VLLMEngineView:
         return len(self._waiting)
 
     @property
+    def num_requests(self) -> int:
+        """Requests seen so far (live and finished; at least 1). A server has no episode size:
+        learned policies' ``arrived``/``finished`` features are fractions of this."""
+        return max(1, len(self.requests) + len(self.finished))
+
+    @property
     def cost_model(self):
         """The llmsched cost model offered to the policy (batch latency estimates, seconds)."""
         if self._cost_model is None:

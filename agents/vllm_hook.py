@@ -28,7 +28,7 @@ Choosing the policy (first found wins):
 1. the ``policy`` constructor argument (a spec string or a scheduler object; tests, embedding);
 2. ``--additional-config '{"llmsched_policy": "sarathi:token_budget=512"}'``;
 3. the environment variable ``LLMSCHED_POLICY`` (e.g. ``fcfs``, ``sarathi:token_budget=512``,
-   ``onnx:/path/to/export`` once the ONNX runtime registers ``onnx``);
+   ``onnx:/path/to/export``, a policy exported by ``llmsched export``, see docs/export.md);
 4. ``fcfs`` (vLLM v1's own FCFS rule expressed as an llmsched scheduler).
 
 Optional environment: ``LLMSCHED_TTFT_SLO_S`` / ``LLMSCHED_TBT_SLO_S`` (SLO targets, seconds,

@@ -22,6 +22,7 @@ PLUGINS: list[str] = [
     "baselines.compare",
     "baselines.solve_cli",
     "llmsched_env.profiling",
+    "agents.export",
 ]
 
 

@@ -59,6 +59,23 @@ SLOT_FEATURES = ("present", "running", "prefilling", "prompt", "remaining_prefil
                  "slo_alive", "priority")
 GLOBAL_FEATURES = ("kv_free", "running", "waiting", "hidden_waiting", "budget", "last_latency",
                    "now", "to_next_arrival", "arrived", "finished", "step", "has_predictor")
+# What each feature is, in the units above (for export manifests and tools reading observations).
+SLOT_SCALES = {
+    "present": "1 if the slot holds a request, else 0", "running": "1 running / 0 waiting",
+    "prefilling": "1 while prefill tokens remain", "prompt": "tokens / 1024",
+    "remaining_prefill": "tokens / 1024", "computed": "tokens / 1024", "generated": "tokens / 256",
+    "age": "seconds since arrival / 1", "since_token": "seconds / 0.1",
+    "ttft_slack": "fraction of the TTFT target", "tbt_slack": "fraction of the TBT target",
+    "ttft_target": "seconds / 1", "tbt_target": "seconds / 0.1",
+    "kv_blocks": "blocks / (KV capacity / K)", "preemptions": "count / 2",
+    "pred_remaining": "tokens / 256", "owed_vs_budget": "tokens / the engine's token budget",
+    "slo_alive": "1 while the SLO can still be met", "priority": "priority / 4"}
+GLOBAL_SCALES = {
+    "kv_free": "free blocks / capacity", "running": "requests / max running",
+    "waiting": "requests / K", "hidden_waiting": "requests / K", "budget": "tokens / 8192",
+    "last_latency": "seconds / 0.1", "now": "seconds / 100", "to_next_arrival": "seconds / 1",
+    "arrived": "requests / episode size", "finished": "requests / episode size",
+    "step": "steps / truncation limit", "has_predictor": "0 or 1"}
 CLIP = 10.0
 _INV_1K = 1.0 / 1024.0
 _INV_256 = 1.0 / 256.0

@@ -38,6 +38,10 @@ from .metrics import slo_met
 _MARGIN = 1.0 + 1e-9
 
 
+def true_output_len(req) -> int:
+    return req.output_len
+
+
 class SLOReward:
     """Tracks per-request SLO credit for one episode.
 
@@ -49,9 +53,11 @@ class SLOReward:
         reconciled: corrections made at finish (expected 0).
     """
 
-    def __init__(self, lam: float, num_gpus: int):
+    def __init__(self, lam: float, num_gpus: int, output_len=None):
         self.lam = lam
         self.num_gpus = num_gpus
+        # request -> its output length, tokens (default: the true one, known in simulation)
+        self.output_len = output_len or true_output_len
         self.reset()
 
     def reset(self) -> None:
@@ -91,7 +97,7 @@ class SLOReward:
                         self.over[rid] = c
                         need = self.need.get(rid)
                         if need is None:
-                            need = self.need[rid] = self.gaps_to_miss(req.output_len)
+                            need = self.need[rid] = self.gaps_to_miss(self.output_len(req))
                         if c >= need:
                             debited.add(rid)
                             alive[rid] = False

@@ -54,6 +54,8 @@ def register(name: str):
 
 def _load_builtin() -> None:
     importlib.import_module("baselines")
+    importlib.import_module("agents.loader")  # the learned policy, scheduler "ppo" (torch loads lazily)
+    importlib.import_module("agents.onnx_runtime")  # its ONNX export, scheduler "onnx"
 
 
 def available_schedulers() -> list[str]:

@@ -12,6 +12,7 @@ from tests.conftest import make_engine, spec
 BUDGET = 64
 
 
+
 def random_workload(seed: int, n: int = 24):
     """Bursty arrivals, prompt + output <= BUDGET so whole-prompt schedulers apply; mixed SLOs,
     priorities and predictions."""

@@ -31,6 +31,9 @@ WORKLOADS = [WorkloadConfig(num_requests=n, arrival="poisson", rate=rate, length
                             oversize="clip", max_total_len=1024, seed=seed)
              for n, rate, seed in ((20, 30.0, 0), (28, 60.0, 1), (24, 10.0, 2))]
 
+# every registered scheduler but "onnx", which needs an export directory (tests/test_export.py)
+SCHEDULERS = [n for n in available_schedulers() if n != "onnx"]
+
 
 def _env() -> ServingEnv:
     return ServingEnv(num_slots=K, waiting_slots=4, num_kv_blocks=300, rate_range=None, max_num_batched_tokens=1024,
@@ -59,7 +62,7 @@ def through_env(env: ServingEnv, name: str, wl: WorkloadConfig, **options) -> tu
             return info["metrics"], counts
 
 
-@pytest.mark.parametrize("name", available_schedulers())
+@pytest.mark.parametrize("name", SCHEDULERS)
 def test_scheduler_runs_exactly_through_env_actions(name):
     if name in NOT_EXPRESSIBLE:
         pytest.skip(NOT_EXPRESSIBLE[name])

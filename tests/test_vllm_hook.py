@@ -87,7 +87,9 @@ def test_every_registered_scheduler_runs_inside_vllm(model_config):
     """Each registered llmsched scheduler serves a workload through the hook to completion and
     vLLM carries out its plans exactly; oracle schedulers are refused with OracleUnavailable."""
     ran = []
-    for name in available_schedulers():
+    # learned policies (ppo: torch + a policy directory, onnx: an export directory) are served
+    # through the hook by tests/test_vllm_export.py
+    for name in sorted(set(available_schedulers()) - {"ppo", "onnx"}):
         try:
             policy = make_scheduler(name)
         except ValueError:

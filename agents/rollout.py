@@ -1,0 +1,225 @@
+"""Episodes on the environment for training, evaluation and imitation: the environment factory
+(with snapshots for exact resume), one episode of a policy or of a heuristic, and the metrics
+row every report uses (the same keys for both, so TensorBoard curves and tables line up).
+
+Metrics row keys (all per episode): ``return`` (= SLO term + GPU-cost term), ``return_slo``,
+``return_gpu``, ``slo_attainment``, ``ttft_p99_s``, ``tbt_p99_s``, ``gpu_busy_s`` (GPU-seconds),
+``preemptions``, ``recomputed_tokens``, ``kv_util`` (mean KV blocks used / capacity over busy
+time), ``repairs`` (decoder repairs, all kinds), ``steps`` (engine steps), ``truncated``.
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+from dataclasses import replace
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+
+from llmsched_env import Engine, ServingEnv, make_scheduler, run
+from llmsched_env.action import NotExpressible
+from llmsched_env.plan import BatchPlan
+from llmsched_env.scenarios import get_scenario
+
+METRIC_KEYS = ("return", "return_slo", "return_gpu", "slo_attainment", "ttft_p99_s", "tbt_p99_s",
+               "gpu_busy_s", "preemptions", "recomputed_tokens", "kv_util", "repairs", "steps")
+
+
+def scenario_overrides(lam: Optional[float] = None, slo_ttft_s: Optional[float] = None,
+                       slo_tbt_s: Optional[float] = None, scenario: str = "default") -> dict:
+    """ServingEnv keyword overrides for lambda and the SLO targets (None = the scenario's).
+    ``slo_ttft_s`` / ``slo_tbt_s`` set the targets of every SLO tier, seconds."""
+    out: dict = {}
+    if lam is not None:
+        out["lam"] = float(lam)
+    if slo_ttft_s is not None or slo_tbt_s is not None:
+        wl = get_scenario(scenario).workload
+        tiers = tuple(replace(c, **({"ttft_s": slo_ttft_s} if slo_ttft_s is not None else {}),
+                              **({"tbt_s": slo_tbt_s} if slo_tbt_s is not None else {}))
+                      for c in wl.slo_classes)
+        out["workload"] = wl.with_(slo_classes=tiers)
+    return out
+
+
+class SnapshotEnv(gym.Wrapper):
+    """A ServingEnv that can hand out and take back its complete state (engine, workload, RNG,
+    reward bookkeeping) as bytes, so a vectorised training run can be resumed exactly."""
+
+    def action_masks(self) -> np.ndarray:
+        return self.env.unwrapped.action_masks()
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.env)
+
+    def restore(self, blob: bytes) -> None:
+        self.env = pickle.loads(blob)
+
+
+def make_env_fn(scenario: str, overrides: dict, snapshot: bool = True) -> Callable[[], gym.Env]:
+    def make():
+        env = ServingEnv(scenario, **overrides)
+        return SnapshotEnv(env) if snapshot else env
+    return make
+
+
+def metrics_row(info: dict, ret: float) -> dict:
+    """The per-episode metrics row from the final ``info`` of an env episode."""
+    m = info["metrics"]
+    return {"return": ret, "return_slo": info["return_slo"], "return_gpu": info["return_gpu"],
+            "slo_attainment": m["slo_attainment"], "ttft_p99_s": m["ttft_p99_s"], "tbt_p99_s": m["tbt_p99_s"],
+            "gpu_busy_s": m["gpu_busy_s"], "preemptions": m["num_preemptions"],
+            "recomputed_tokens": m["recomputed_tokens"], "kv_util": m["kv_util_mean"],
+            "repairs": sum(info["repair_totals"].values()), "steps": m["num_steps"],
+            "truncated": m["num_finished"] < m["num_requests"]}
+
+
+def policy_episode(env: ServingEnv, act: Callable[[dict, np.ndarray], np.ndarray], seed: int) -> dict:
+    """One episode of ``act(obs, mask) -> action`` on reset seed ``seed``; its metrics row."""
+    obs, _ = env.reset(seed=seed)
+    ret = 0.0
+    while True:
+        obs, r, term, trunc, info = env.step(act(obs, env.action_masks()))
+        ret += r
+        if term or trunc:
+            return metrics_row(info, ret)
+
+
+def heuristic_episode(env: ServingEnv, spec: str, seed: int) -> dict:
+    """One episode of a registered heuristic (``name`` or ``name:opt=value,...`` / the
+    ``eval/env_baselines.py`` variants ``name:priority`` and ``name:budgetN``) on reset seed
+    ``seed``, through env actions (``encode_plan``); if one of its plans admits a request beyond
+    the K slots (no action can say that), the same workload is run directly on the engine and the
+    row built from its metrics (return = met - lambda x GPU-s, exactly what the env would pay;
+    ``repairs`` 0)."""
+    name, opts = parse_heuristic(spec)
+    sched = make_scheduler(name, **opts)
+    sched.reset()
+    env.reset(seed=seed)
+    ret = 0.0
+    try:
+        while True:
+            _, r, term, trunc, info = env.step(env.encode_plan(sched.schedule(env.engine)))
+            ret += r
+            if term or trunc:
+                row = metrics_row(info, ret)
+                row["via"] = "env"
+                return row
+    except NotExpressible:
+        m = run(Engine(env.specs, env.engine_config, env.cost_model), make_scheduler(name, **opts))
+        gpu = -env.scenario.lam * m["gpu_busy_s"]
+        return {"return": m["num_slo_met"] + gpu, "return_slo": float(m["num_slo_met"]), "return_gpu": gpu,
+                "slo_attainment": m["slo_attainment"], "ttft_p99_s": m["ttft_p99_s"], "tbt_p99_s": m["tbt_p99_s"],
+                "gpu_busy_s": m["gpu_busy_s"], "preemptions": m["num_preemptions"],
+                "recomputed_tokens": m["recomputed_tokens"], "kv_util": m["kv_util_mean"], "repairs": 0,
+                "steps": m["num_steps"], "truncated": m["num_steps"] > env.scenario.max_steps, "via": "direct"}
+
+
+def parse_heuristic(spec: str) -> tuple[str, dict]:
+    """``name``, ``name:priority``, ``name:budgetN`` or ``name:key=value,key=value``."""
+    name, _, variant = spec.partition(":")
+    opts: dict = {}
+    if variant == "priority":
+        opts["policy"] = "priority"
+    elif variant.startswith("budget") and variant[6:].isdigit():
+        opts["token_budget"] = int(variant[6:])
+    elif variant:
+        for kv in variant.split(","):
+            k, eq, v = kv.partition("=")
+            if not eq:
+                raise ValueError(f"bad heuristic option {kv!r} in {spec!r}: use key=value")
+            try:
+                opts[k] = int(v)
+            except ValueError:
+                try:
+                    opts[k] = float(v)
+                except ValueError:
+                    opts[k] = v
+    return name, opts
+
+
+class WindowView:
+    """The engine as a scheduler would see it if the waiting queue held only the waiting requests
+    in the K slots (read-only; everything else is the engine's). A heuristic run on it gives the
+    closest label an action can express when its real plan admits requests beyond the slots."""
+
+    def __init__(self, engine, slots):
+        self._engine = engine
+        self._waiting = [r for r in slots if r.rid not in engine.running]
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def iter_waiting(self):
+        return iter(self._waiting)
+
+    @property
+    def waiting(self):
+        return list(self._waiting)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+
+def _window_label(env: ServingEnv, sched, plan: BatchPlan) -> Optional[np.ndarray]:
+    try:
+        return env.encode_plan(copy.deepcopy(sched).schedule(WindowView(env.engine, env.slots)))
+    except NotExpressible:
+        pass
+    seen = {r.rid for r in env.slots}
+    try:
+        return env.encode_plan(BatchPlan(tokens={k: v for k, v in plan.tokens.items() if k in seen},
+                                         preempt={k for k in plan.preempt if k in seen}))
+    except NotExpressible:
+        return None
+
+
+def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
+                   on_episode: Optional[Callable] = None, act: Optional[Callable] = None):
+    """Behaviour-cloning data: (observations dict of arrays, masks, actions, discounted returns
+    with ``gamma``) of heuristic ``spec`` on reset ``seeds``.
+
+    Without ``act`` the heuristic drives the env. When its plan admits requests beyond the K
+    slots, the label is the plan of a copy of the heuristic run on ``WindowView`` (the waiting
+    queue cut to the slotted requests), else the plan cut to the slotted requests; a step still
+    not expressible ends that episode's data. With ``act`` (DAgger) the env is driven by
+    ``act(obs, mask)`` and the heuristic only labels the states the policy visits (valid for
+    heuristics whose plan depends on the engine state alone, like slai, sarathi, vllm-v1); a
+    state it cannot express is left unlabelled."""
+    name, opts = parse_heuristic(spec)
+    slots, glob, masks, acts, rets = [], [], [], [], []
+    for seed in seeds:
+        rewards, labelled = [], []
+        sched = make_scheduler(name, **opts)
+        sched.reset()
+        obs, _ = env.reset(seed=seed)
+        while True:
+            plan = sched.schedule(env.engine)
+            try:
+                a = env.encode_plan(plan)
+            except NotExpressible:
+                a = _window_label(env, sched, plan)
+                if a is None and act is None:
+                    break
+            mask = env.action_masks().copy()
+            if a is not None:
+                slots.append(obs["slots"])
+                glob.append(obs["global"])
+                masks.append(mask)
+                acts.append(a)
+            obs, r, term, trunc, _ = env.step(a if act is None else act(obs, mask))
+            rewards.append(r)
+            labelled.append(a is not None)
+            if term or trunc:
+                break
+        g, back = 0.0, []
+        for r, lab in zip(reversed(rewards), reversed(labelled)):
+            g = r + gamma * g
+            if lab:
+                back.append(g)
+        rets.extend(reversed(back))
+        if on_episode is not None:
+            on_episode()
+    return ({"slots": np.stack(slots), "global": np.stack(glob)}, np.stack(masks), np.stack(acts),
+            np.asarray(rets, dtype=np.float32))
