@@ -69,6 +69,8 @@ class PolicyLayout:
 class SlotPolicyScheduler:
     """Base class: ``schedule(engine)`` = slots -> observation, mask -> ``act`` -> BatchPlan."""
 
+    learned = True  # a learned policy, not a heuristic (llmsched_env.scheduler.is_heuristic)
+
     def __init__(self, layout: PolicyLayout):
         self.layout = layout
         self._engine_id: Optional[int] = None

@@ -162,11 +162,10 @@ def heuristic_runs(specs, config, cost, skip=("optimal",)) -> dict[str, Recorded
     solution) or refuse the workload by design (``WorkloadNotServable``) are left out, as are
     those in ``skip``.
     """
-    from llmsched_env.scheduler import (NeedsOptions, WorkloadNotServable, available_schedulers,
-                                        make_scheduler)
+    from llmsched_env.scheduler import NeedsOptions, WorkloadNotServable, heuristic_schedulers, make_scheduler
 
     out = {}
-    for name in available_schedulers():
+    for name in heuristic_schedulers():
         if name in skip:
             continue
         try:
@@ -734,6 +733,8 @@ class OptimalScheduler:
             scheduler does not solve by itself (``llmsched solve`` does), so
             ``make_scheduler("optimal")`` without plans raises ValueError.
     """
+
+    needs_solution = True  # not a heuristic (llmsched_env.scheduler.is_heuristic)
 
     def __init__(self, plans: Optional[Sequence[BatchPlan]] = None):
         if plans is None:

@@ -40,7 +40,7 @@ from rich.console import Console  # noqa: E402
 from eval.aggregate import OPTIMAL, aggregate_suite, suite_jobs  # noqa: E402
 from eval.runner import run_jobs  # noqa: E402
 from eval.suite import Suite, SuiteError, list_suites, load_suite, trace_suite  # noqa: E402
-from llmsched_env.scheduler import available_schedulers, make_scheduler, parse_spec  # noqa: E402
+from llmsched_env.scheduler import available_schedulers, heuristic_schedulers, make_scheduler, parse_spec  # noqa: E402
 
 POLICY_SCHEDULER = "ppo"
 DEFAULT_POLICY_SUITE = "default-scenario"  # the policy's training scenario
@@ -55,7 +55,7 @@ class UsageError(ValueError):
 
 
 def default_heuristics() -> list[str]:
-    names = [n for n in available_schedulers() if n not in NOT_HEURISTICS and n not in DEFAULT_SKIP]
+    names = [n for n in heuristic_schedulers() if n not in NOT_HEURISTICS and n not in DEFAULT_SKIP]
     return names + list(DEFAULT_EXTRA)
 
 

@@ -52,6 +52,20 @@ def register(name: str):
     return deco
 
 
+def is_heuristic(name: str) -> bool:
+    """True for registered heuristics: not learned policies (class attribute ``learned = True``:
+    ``ppo``, ``onnx``) and buildable from the name alone (not ``optimal``, which sets
+    ``needs_solution = True``)."""
+    _load_builtin()
+    cls = REGISTRY[parse_spec(name)[0]]
+    return not getattr(cls, "learned", False) and not getattr(cls, "needs_solution", False)
+
+
+def heuristic_schedulers() -> list[str]:
+    """Every registered heuristic (see ``is_heuristic``), sorted."""
+    return [n for n in available_schedulers() if is_heuristic(n)]
+
+
 def _load_builtin() -> None:
     importlib.import_module("baselines")
     importlib.import_module("agents.loader")  # the learned policy, scheduler "ppo" (torch loads lazily)

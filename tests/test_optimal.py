@@ -13,7 +13,7 @@ from llmsched_env.engine import Engine
 from llmsched_env.plan import PlanError
 from llmsched_env.presets import get_preset
 from llmsched_env.request import RequestSpec
-from llmsched_env.scheduler import NeedsOptions, WorkloadNotServable
+from llmsched_env.scheduler import NeedsOptions, WorkloadNotServable, heuristic_schedulers
 from baselines.optimal import (OptimalScheduler, ScheduleModel, heuristic_runs, objective_value, record_run,
                                replay, solve)
 from baselines.optimal_cost import UnsupportedCostModel
@@ -41,7 +41,7 @@ def heuristics_that_run() -> dict:
     """Every registered scheduler that builds from its name. Documented exclusions: those that
     raise NeedsOptions (``optimal`` needs a solution, ``ppo`` a policy)."""
     out = {}
-    for name in available_schedulers():
+    for name in heuristic_schedulers():
         try:
             out[name] = make_scheduler(name)
         except NeedsOptions:
