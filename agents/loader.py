@@ -94,6 +94,8 @@ class PPOScheduler:
         self.policy = load_policy(self.path)
         self.scenario = get_scenario(self.policy.scenario_name).with_(
             **{k: v for k, v in self.policy.env_overrides().items() if k != "workload"})
+        # the token budgets the policy chose among in training, tokens (ascending)
+        self._train_levels = self.policy.make_env().decoder.budget_levels
         self._engine_id = None
 
     def reset(self) -> None:
@@ -107,6 +109,13 @@ class PPOScheduler:
                                      cfg.block_size, max_running, cfg.num_kv_blocks)
         self.observer = ObservationEncoder(K, cfg.num_kv_blocks, max_running, cfg.max_num_batched_tokens)
         self.reward = SLOReward(sc.lam, cfg.num_gpus)  # its ``alive`` bookkeeping feeds slo_alive
+        # An engine with a smaller token budget has fewer distinct budget levels: each trained
+        # level maps to the largest engine level not above it (the top level to the engine's top).
+        levels = self.decoder.budget_levels
+        bmap = [max([i for i, v in enumerate(levels) if v <= min(t, cfg.max_num_batched_tokens)] or [0])
+                for t in self._train_levels]
+        bmap[-1] = len(levels) - 1
+        self._bmap = np.asarray(bmap)
         self._steps = 0
         self._last: dict[int, int] = {}
         self._engine_id = id(engine)
@@ -129,7 +138,11 @@ class PPOScheduler:
         obs = self.observer.encode(engine, slots, self.reward.alive, self._steps, self.scenario.max_steps,
                                    engine.num_requests, has_pred)
         mask = self.decoder.action_mask(engine, slots)
-        plan, _ = self.decoder.decode(engine, slots, self.policy.act(obs, mask))
+        n = len(mask) - len(self.decoder.budget_levels)
+        action = self.policy.act(obs, np.concatenate([mask[:n], mask[n:][self._bmap]]))
+        action = np.asarray(action).copy()
+        action[-1] = self._bmap[action[-1]]
+        plan, _ = self.decoder.decode(engine, slots, action)
         self._last = {rid: len(engine.requests[rid].token_times) for rid in plan.tokens}
         self._steps += 1
         return plan

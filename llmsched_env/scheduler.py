@@ -40,7 +40,10 @@ def register(name: str):
 
 def _load_builtin() -> None:
     importlib.import_module("baselines")
-    importlib.import_module("agents.loader")  # the learned policy, scheduler "ppo" (torch loads lazily)
+
+
+# Learned policies: registered when first asked for by name (not listed with the heuristics).
+ON_DEMAND = {"ppo": "agents.loader"}
 
 
 def available_schedulers() -> list[str]:
@@ -56,6 +59,8 @@ class UnknownScheduler(KeyError):
 def make_scheduler(name: str, **options) -> Scheduler:
     """Instantiate a registered scheduler. Raises UnknownScheduler listing the known names."""
     _load_builtin()
+    if name not in REGISTRY and name in ON_DEMAND:
+        importlib.import_module(ON_DEMAND[name])
     if name not in REGISTRY:
         raise UnknownScheduler(f"unknown scheduler {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     try:

@@ -147,3 +147,13 @@ def test_slot_set_policy_is_permutation_equivariant():
         assert th.allclose(l1[:K * A].reshape(K, A)[perm], l2[:K * A].reshape(K, A), atol=1e-5)
         assert th.allclose(l1[K * A:], l2[K * A:], atol=1e-5)
         assert th.allclose(pol.value_net(f1), pol.value_net(f2), atol=1e-5)
+
+
+def test_shipped_policy_runs_on_an_engine_with_other_limits():
+    """The zoo policy as scheduler ``ppo`` on an engine with a 512-token budget (fewer budget
+    levels than in training) and a smaller cache: valid plans, progress."""
+    env = ServingEnv("default", max_num_batched_tokens=512, num_kv_blocks=600)
+    env.reset(seed=7)
+    engine = Engine(env.specs, env.engine_config, env.cost_model)
+    m = run(engine, make_scheduler("ppo"), max_steps=300)
+    assert m["num_steps"] == 300 and engine.processed_tokens > 0
