@@ -16,7 +16,7 @@ from llmsched_env.observation import SLOT_FEATURES
 from train.ppo import main, parse_args
 
 TINY = ["--n-envs", "2", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "2", "--embed-dim", "16",
-        "--head-hidden", "16", "--eval-interval", "0", "--final-eval-episodes", "0", "--no-progress"]
+        "--head-hidden", "16", "--eval-interval", "0", "--final-eval-episodes", "0", "--no-progress", "--bc-heuristic", "none"]
 
 
 def _params(path) -> dict:
