@@ -16,7 +16,7 @@ from llmsched_env.observation import SLOT_FEATURES
 from train.ppo import main, parse_args
 
 TINY = ["--n-envs", "2", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "2", "--embed-dim", "16",
-        "--head-hidden", "16", "--eval-interval", "0", "--final-eval-episodes", "0", "--no-progress"]
+        "--head-hidden", "16", "--eval-interval", "0", "--final-eval-episodes", "0", "--no-progress", "--bc-heuristic", "none"]
 
 
 def _params(path) -> dict:
@@ -147,3 +147,13 @@ def test_slot_set_policy_is_permutation_equivariant():
         assert th.allclose(l1[:K * A].reshape(K, A)[perm], l2[:K * A].reshape(K, A), atol=1e-5)
         assert th.allclose(l1[K * A:], l2[K * A:], atol=1e-5)
         assert th.allclose(pol.value_net(f1), pol.value_net(f2), atol=1e-5)
+
+
+def test_shipped_policy_runs_on_an_engine_with_other_limits():
+    """The zoo policy as scheduler ``ppo`` on an engine with a 512-token budget (fewer budget
+    levels than in training) and a smaller cache: valid plans, progress."""
+    env = ServingEnv("default", max_num_batched_tokens=512, num_kv_blocks=600)
+    env.reset(seed=7)
+    engine = Engine(env.specs, env.engine_config, env.cost_model)
+    m = run(engine, make_scheduler("ppo"), max_steps=300)
+    assert m["num_steps"] == 300 and engine.processed_tokens > 0

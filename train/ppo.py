@@ -107,14 +107,14 @@ class Args:
     max_grad_norm: float = 0.5
     target_kl: Optional[float] = None
     # --- imitation warm start
-    bc_heuristic: Optional[str] = None
-    """heuristic to imitate first (e.g. slai); None = no warm start"""
-    bc_episodes: int = 8
+    bc_heuristic: Optional[str] = "slai"
+    """heuristic to imitate first; none = no warm start (PPO from a random policy)"""
+    bc_episodes: int = 3
     """demonstration episodes (reset seeds 1_000_000 + i, disjoint from eval seeds)"""
     bc_epochs: int = 8
-    bc_dagger_rounds: int = 2
+    bc_dagger_rounds: int = 1
     """DAgger rounds after cloning (policy drives, heuristic labels; for state-only heuristics)"""
-    bc_dagger_episodes: int = 4
+    bc_dagger_episodes: int = 2
     """episodes per DAgger round"""
     bc_dagger_epochs: int = 4
     """epochs over all data after each DAgger round"""
