@@ -21,6 +21,7 @@ from llmsched_env import Engine, ServingEnv, make_scheduler, run
 from llmsched_env.action import NotExpressible
 from llmsched_env.plan import BatchPlan
 from llmsched_env.scenarios import get_scenario
+from llmsched_env.scheduler import parse_spec
 
 METRIC_KEYS = ("return", "return_slo", "return_gpu", "slo_attainment", "ttft_p99_s", "tbt_p99_s",
                "gpu_busy_s", "preemptions", "recomputed_tokens", "kv_util", "repairs", "steps")
@@ -116,26 +117,14 @@ def heuristic_episode(env: ServingEnv, spec: str, seed: int) -> dict:
 
 
 def parse_heuristic(spec: str) -> tuple[str, dict]:
-    """``name``, ``name:priority``, ``name:budgetN`` or ``name:key=value,key=value``."""
+    """``name``, the shorthands ``name:priority`` / ``name:budgetN``, or a scheduler spec
+    ``name:key=value,...`` (``llmsched_env.scheduler.parse_spec``)."""
     name, _, variant = spec.partition(":")
-    opts: dict = {}
     if variant == "priority":
-        opts["policy"] = "priority"
-    elif variant.startswith("budget") and variant[6:].isdigit():
-        opts["token_budget"] = int(variant[6:])
-    elif variant:
-        for kv in variant.split(","):
-            k, eq, v = kv.partition("=")
-            if not eq:
-                raise ValueError(f"bad heuristic option {kv!r} in {spec!r}: use key=value")
-            try:
-                opts[k] = int(v)
-            except ValueError:
-                try:
-                    opts[k] = float(v)
-                except ValueError:
-                    opts[k] = v
-    return name, opts
+        return name, {"policy": "priority"}
+    if variant.startswith("budget") and variant[6:].isdigit():
+        return name, {"token_budget": int(variant[6:])}
+    return parse_spec(spec)
 
 
 class WindowView:

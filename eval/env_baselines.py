@@ -21,47 +21,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from llmsched_env import Engine, ServingEnv, make_scheduler, run
-from llmsched_env.action import NotExpressible
-
-
-def parse(spec: str):
-    name, _, variant = spec.partition(":")
-    opts = {}
-    if variant == "priority":
-        opts["policy"] = "priority"
-    elif variant.startswith("budget"):
-        opts["token_budget"] = int(variant[len("budget"):])
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} in {spec!r}")
-    return name, opts
-
-
-def episode(env: ServingEnv, spec: str, seed: int) -> dict:
-    """One episode through env actions; when some plan of the scheduler admits a request beyond
-    the K slots (no action can say that), the same workload is run directly instead and the
-    return computed from its metrics (equal by construction to what the env would pay)."""
-    name, opts = parse(spec)
-    sched = make_scheduler(name, **opts)
-    sched.reset()
-    env.reset(seed=seed)
-    ret = 0.0
-    try:
-        while True:
-            _, r, term, trunc, info = env.step(env.encode_plan(sched.schedule(env.engine)))
-            ret += r
-            if term or trunc:
-                m = info["metrics"]
-                via = "env"
-                break
-    except NotExpressible:
-        m = run(Engine(env.specs, env.engine_config, env.cost_model), make_scheduler(name, **opts))
-        ret = m["num_slo_met"] - env.scenario.lam * m["gpu_busy_s"]
-        trunc = m["num_steps"] > env.scenario.max_steps
-        via = "direct"
-    return {"return": ret, "slo_attainment": m["slo_attainment"], "gpu_busy_s": m["gpu_busy_s"],
-            "steps": m["num_steps"], "preemptions": m["num_preemptions"], "truncated": trunc,
-            "by_class": m["slo_attainment_by_class"], "via": via}
+from agents.rollout import heuristic_episode
+from llmsched_env import ServingEnv
 
 
 def main() -> None:
@@ -75,7 +36,7 @@ def main() -> None:
     env = ServingEnv(a.scenario)
     rows = {}
     for spec in a.schedulers.split(","):
-        eps = [episode(env, spec, a.seed + i) for i in track(range(a.episodes), description=spec)]
+        eps = [heuristic_episode(env, spec, a.seed + i) for i in track(range(a.episodes), description=spec)]
         rows[spec] = {k: float(np.mean([e[k] for e in eps])) for k in ("return", "slo_attainment", "gpu_busy_s",
                                                                           "steps", "preemptions")}
         rows[spec]["direct_episodes"] = sum(e["via"] == "direct" for e in eps)
