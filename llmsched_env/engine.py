@@ -68,7 +68,8 @@ class StepResult:
         finished: ids of requests that finished (subset of ``emitted``).
         preempted: ids of requests preempted before the step.
         admitted: ids of waiting requests that joined the batch.
-        idle: True when the plan processed no tokens (the clock jumped to the next arrival).
+        idle: True when the plan processed no tokens (an empty plan jumps the clock to the next
+            arrival; a preempt-only plan takes no time).
     """
 
     __slots__ = ("start_s", "end_s", "latency_s", "num_tokens", "emitted", "finished",
@@ -276,9 +277,11 @@ class Engine:
 
         self.num_steps += 1
         if not batch:
-            start = now
-            self._jump_to_next_arrival(stalled_ok=bool(preempt))
-            return StepResult(start, self.now_s, 0, [], [], preempted_ids, [], True, None)
+            # Idle: an empty plan waits for the next arrival; a preempt-only plan takes no time
+            # (its victims are runnable at once, so the clock must not skip ahead).
+            if not preempt:
+                self._jump_to_next_arrival()
+            return StepResult(now, self.now_s, 0, [], [], preempted_ids, [], True, None)
 
         shape = BatchShape(total, n_prefill, sum_c, sum_c2, sum_ck, sum_k, n_decode, sum_kv, n_emit)
         latency = self.cost_model.batch_time(shape)

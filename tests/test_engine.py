@@ -141,3 +141,12 @@ def test_waiting_order_preempted_first_then_fcfs():
     eng.step(BatchPlan({}, {0}))
     eng.step(BatchPlan({}, {1}))
     assert [r.rid for r in eng.iter_waiting()] == [1, 0, 2, 3]
+
+
+def test_preempt_only_plan_takes_no_time():
+    eng = make_engine([spec(0, arrival=0.0, prompt=8, output=5), spec(1, arrival=100.0)])
+    eng.step(BatchPlan({0: 8}))
+    t = eng.now_s
+    r = eng.step(BatchPlan({}, {0}))
+    assert r.idle and r.latency_s == 0.0 and eng.now_s == t  # not the next arrival at t=100
+    assert [q.rid for q in eng.iter_waiting()] == [0]
