@@ -73,14 +73,16 @@ class SlotPolicyScheduler:
 
     def __init__(self, layout: PolicyLayout):
         self.layout = layout
-        self._engine_id: Optional[int] = None
+        self._ready = False  # set up for the current workload (reset() starts a new one)
 
     def act(self, obs: dict, mask: np.ndarray) -> np.ndarray:
         """The policy's deterministic action for one observation and flat mask."""
         raise NotImplementedError
 
     def reset(self) -> None:
-        self._engine_id = None
+        """A new workload: the next ``schedule`` sets up for its engine. (Not keyed on the engine
+        object: a serving engine such as the vLLM hook hands over a fresh view every step.)"""
+        self._ready = False
 
     def _setup(self, engine) -> None:
         lo, cfg = self.layout, engine.config
@@ -94,7 +96,7 @@ class SlotPolicyScheduler:
         self.reward = SLOReward(lo.lam, cfg.num_gpus, output_len=output_len_or_cap)
         self._steps = 0
         self._last: dict[int, int] = {}
-        self._engine_id = id(engine)
+        self._ready = True
 
     def _map_budget_levels(self, engine_budget: int) -> Optional[np.ndarray]:
         """None when the engine resolves the policy's budget levels as training did; else, for
@@ -127,7 +129,7 @@ class SlotPolicyScheduler:
     def observe(self, engine) -> tuple[list, dict, np.ndarray]:
         """(slotted requests, observation, flat action mask) for the engine's current state;
         advances the per-engine bookkeeping, so call it once per decision."""
-        if self._engine_id != id(engine):
+        if not self._ready:
             self._setup(engine)
         else:
             self._track(engine)
