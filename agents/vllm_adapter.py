@@ -34,14 +34,13 @@ Engine-level extras: ``finished`` (snapshots, finish order), ``busy_s`` and
 """
 from __future__ import annotations
 
-import ast
 import math
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from llmsched_env.engine import EngineConfig
 from llmsched_env.request import FINISHED, RUNNING, WAITING
-from llmsched_env.scheduler import REGISTRY, Scheduler, available_schedulers
+from llmsched_env.scheduler import Scheduler, UnknownScheduler, make_scheduler, parse_spec
 
 DEFAULT_POLICY = "fcfs"
 
@@ -59,47 +58,27 @@ class PolicySpecError(ValueError):
 
 
 def parse_policy_spec(spec: str) -> tuple[str, dict]:
-    """Split ``"name"`` / ``"name:key=value,key=value"`` / ``"name:VALUE"`` into name and options.
-
-    Values are Python literals where they parse (``512``, ``0.5``, ``None``, ``'x'``) and plain
-    strings otherwise. A bare value without ``=`` is shorthand for ``path=VALUE`` (so
-    ``onnx:/models/export`` means ``onnx`` with ``path="/models/export"``).
-    """
+    """Split ``"name"`` / ``"name:key=value,key=value"`` / ``"name:VALUE"`` into name and options
+    with the project's one spec parser (``llmsched_env.scheduler.parse_spec``); a bare value
+    without ``=`` is shorthand for ``path=VALUE`` (so ``onnx:/models/export`` means ``onnx`` with
+    ``path="/models/export"``)."""
     if not isinstance(spec, str) or not spec.strip():
         raise PolicySpecError("empty policy spec; give a scheduler name such as 'fcfs' or "
                               "'sarathi:token_budget=512' (LLMSCHED_POLICY)")
-    name, _, rest = spec.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise PolicySpecError(f"policy spec {spec!r} has no scheduler name before ':'")
-    options: dict = {}
-    rest = rest.strip()
-    if rest and "=" not in rest:
-        return name, {"path": rest}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, raw = item.partition("=")
-        key = key.strip()
-        if not eq or not key.isidentifier():
-            raise PolicySpecError(f"policy spec {spec!r}: option {item!r} is not key=value "
-                                  "(e.g. 'sarathi:token_budget=512,chunk=256')")
-        try:
-            value = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            value = raw.strip()
-        options[key] = value
-    return name, options
+    try:
+        return parse_spec(spec, bare_key="path")
+    except ValueError as e:
+        raise PolicySpecError(f"{e} (e.g. 'sarathi:token_budget=512')") from None
 
 
 def policy_from_spec(spec: str) -> Scheduler:
     """Instantiate the registered llmsched scheduler a spec names (see ``parse_policy_spec``)."""
     name, options = parse_policy_spec(spec)
-    known = available_schedulers()  # imports baselines (and whatever registers there)
-    if name not in REGISTRY:
-        raise PolicySpecError(f"policy spec {spec!r}: unknown scheduler {name!r}; registered: "
-                              f"{', '.join(known)}")
     try:
-        return REGISTRY[name](**options)
-    except TypeError as e:
+        return make_scheduler(name, **options)
+    except UnknownScheduler as e:
+        raise PolicySpecError(f"policy spec {spec!r}: {e}") from None
+    except ValueError as e:
         raise PolicySpecError(f"policy spec {spec!r}: bad options for {name!r}: {e}") from None
 
 

@@ -12,7 +12,7 @@ or ``ppo:path=agents/zoo/default``. Values are parsed as int, float, true/false/
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 from .plan import BatchPlan
 
@@ -88,6 +88,8 @@ def _value(text: str):
         return low == "true"
     if low == "none":
         return None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
     for conv in (int, float):
         try:
             return conv(text)
@@ -96,17 +98,24 @@ def _value(text: str):
     return text
 
 
-def parse_spec(spec: str) -> tuple[str, dict]:
-    """``"name:key=value,..."`` -> (name, options). Raises ValueError on a malformed option."""
-    name, _, rest = spec.partition(":")
+def parse_spec(spec: str, bare_key: Optional[str] = None) -> tuple[str, dict]:
+    """``"name:key=value,..."`` -> (name, options). With ``bare_key``, an option part without any
+    ``=`` is shorthand for ``bare_key=VALUE`` (the vLLM hook: ``onnx:/models/export`` means
+    ``path="/models/export"``). Raises ValueError on a malformed spec."""
+    name, _, rest = spec.strip().partition(":")
+    name, rest = name.strip(), rest.strip()
+    if not name:
+        raise ValueError(f"scheduler spec {spec!r} has no scheduler name before ':'")
+    if rest and bare_key is not None and "=" not in rest:
+        return name, {bare_key: rest}
     options = {}
-    if rest:
-        for item in rest.split(","):
-            key, eq, val = item.partition("=")
-            if not eq or not key.strip():
-                raise ValueError(f"scheduler spec {spec!r}: option {item!r} is not key=value")
-            options[key.strip()] = _value(val.strip())
-    return name.strip(), options
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, val = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise ValueError(f"scheduler spec {spec!r}: option {item!r} is not key=value")
+        options[key] = _value(val.strip())
+    return name, options
 
 
 def make_scheduler(name: str, **options) -> Scheduler:
