@@ -19,7 +19,7 @@ from rich.table import Table
 
 from llmsched_env.cli_common import (add_engine_args, add_workload_args, engine_overrides, workload_from_args,
                                      write_json)
-from llmsched_env.scheduler import available_schedulers, make_scheduler
+from llmsched_env.scheduler import available_schedulers, make_scheduler, split_specs
 from llmsched_env.workload import WorkloadConfig
 
 # (summary key, column title, better: +1 higher / -1 lower, format)
@@ -134,7 +134,7 @@ def print_table(result: dict, console: Console | None = None) -> None:
 
 def cmd_compare(a) -> int:
     from llmsched_env.presets import get_preset
-    names = available_schedulers() if a.schedulers == "all" else [s.strip() for s in a.schedulers.split(",") if s.strip()]
+    names = available_schedulers() if a.schedulers == "all" else split_specs(a.schedulers)
     preset = get_preset(a.preset, gpu_memory_utilization=a.gpu_mem_util)
     wl = workload_from_args(a, max_total_len=preset.shape.max_model_len)
     r = compare(wl, names, a.preset, a.seeds, engine_overrides(a), a.gpu_mem_util, a.workers,

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from agents.rollout import heuristic_episode
 from llmsched_env import ServingEnv
+from llmsched_env.scheduler import split_specs
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     a = ap.parse_args()
     env = ServingEnv(a.scenario)
     rows = {}
-    for spec in a.schedulers.split(","):
+    for spec in split_specs(a.schedulers):
         eps = [heuristic_episode(env, spec, a.seed + i) for i in track(range(a.episodes), description=spec)]
         rows[spec] = {k: float(np.mean([e[k] for e in eps])) for k in ("return", "slo_attainment", "gpu_busy_s",
                                                                           "steps", "preemptions")}

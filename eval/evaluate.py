@@ -40,7 +40,8 @@ from rich.console import Console  # noqa: E402
 from eval.aggregate import OPTIMAL, aggregate_suite, suite_jobs  # noqa: E402
 from eval.runner import run_jobs  # noqa: E402
 from eval.suite import Suite, SuiteError, list_suites, load_suite, trace_suite  # noqa: E402
-from llmsched_env.scheduler import available_schedulers, heuristic_schedulers, make_scheduler, parse_spec  # noqa: E402
+from llmsched_env.scheduler import (available_schedulers, heuristic_schedulers, make_scheduler,  # noqa: E402
+                                    parse_spec, split_specs)
 
 POLICY_SCHEDULER = "ppo"
 DEFAULT_POLICY_SUITE = "default-scenario"  # the policy's training scenario
@@ -57,21 +58,6 @@ class UsageError(ValueError):
 def default_heuristics() -> list[str]:
     names = [n for n in heuristic_schedulers() if n not in NOT_HEURISTICS and n not in DEFAULT_SKIP]
     return names + list(DEFAULT_EXTRA)
-
-
-def split_specs(text: str) -> list[str]:
-    """Comma-separated scheduler specs, where a spec's own options are comma-separated too:
-    ``"fcfs,vllm-v1:policy=priority,token_budget=256,sarathi"`` -> fcfs, vllm-v1:policy=priority,
-    token_budget=256, sarathi (an item ``key=value`` without ``:`` continues the previous spec)."""
-    specs: list[str] = []
-    for item in (x.strip() for x in text.split(",")):
-        if not item:
-            continue
-        if "=" in item and ":" not in item.split("=", 1)[0] and specs and ":" in specs[-1]:
-            specs[-1] += "," + item
-        else:
-            specs.append(item)
-    return specs
 
 
 def policy_spec(path: str) -> str:

@@ -28,20 +28,18 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
-from scipy import stats  # noqa: E402
+
+from eval.stats import t_interval  # noqa: E402
+from llmsched_env.scheduler import split_specs  # noqa: E402
 
 ALL = ("fcfs,vllm-v1:priority,vllm-v1:budget512,vllm-v1:budget256,vllm-v0,sarathi,orca,faster-transformer,"
        "no-preempt,infermax-srf,slai,srpt,sjf,ltr,fastserve,edf")
 
 
 def paired_ci(diff, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of paired differences and its t-interval (low, high)."""
-    d = np.asarray(diff, dtype=float)
-    m = float(d.mean())
-    if len(d) < 2:
-        return m, float("nan"), float("nan")
-    h = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-    return m, m - h, m + h
+    """Mean of paired differences and its t-interval (low, high): ``eval.stats.t_interval``."""
+    iv = t_interval(diff, level)
+    return iv.mean, iv.mean - iv.half, iv.mean + iv.half
 
 
 def _episodes(job):
@@ -72,7 +70,7 @@ def main(argv=None) -> dict:
         ap.error("--episodes must be >= 2 for a confidence interval")
     from agents.loader import load_policy
     pol = load_policy(a.policy)  # fail early on a bad directory
-    heur = ALL.split(",") if a.heuristics == "all" else a.heuristics.split(",")
+    heur = split_specs(ALL) if a.heuristics == "all" else split_specs(a.heuristics)
     seeds = list(range(a.seed, a.seed + a.episodes))
     key = json.dumps([pol.scenario_name, pol.meta.get("overrides")])
     cache = {}

@@ -118,6 +118,21 @@ def parse_spec(spec: str, bare_key: Optional[str] = None) -> tuple[str, dict]:
     return name, options
 
 
+def split_specs(text: str) -> list[str]:
+    """Comma-separated scheduler specs, where a spec's own options are comma-separated too:
+    ``"fcfs,vllm-v1:policy=priority,token_budget=256,sarathi"`` -> fcfs, vllm-v1:policy=priority,
+    token_budget=256, sarathi (an item ``key=value`` without ``:`` continues the previous spec)."""
+    specs: list[str] = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item.split("=", 1)[0] and specs and ":" in specs[-1]:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
+
+
 def make_scheduler(name: str, **options) -> Scheduler:
     """Instantiate a registered scheduler from its name or spec (``name:key=value,...``; keyword
     options override the spec's). Raises UnknownScheduler listing the known names."""
