@@ -107,13 +107,13 @@ def heuristic_episode(env: ServingEnv, spec: str, seed: int) -> dict:
                 row["via"] = "env"
                 return row
     except NotExpressible:
-        m = run(Engine(env.specs, env.engine_config, env.cost_model), make_scheduler(name, **opts))
+        m = run(Engine(env.specs, env.engine_config, env.cost_model), make_scheduler(name, **opts),
+                max_steps=env.scenario.max_steps)  # truncated where the env would truncate
         gpu = -env.scenario.lam * m["gpu_busy_s"]
-        return {"return": m["num_slo_met"] + gpu, "return_slo": float(m["num_slo_met"]), "return_gpu": gpu,
-                "slo_attainment": m["slo_attainment"], "ttft_p99_s": m["ttft_p99_s"], "tbt_p99_s": m["tbt_p99_s"],
-                "gpu_busy_s": m["gpu_busy_s"], "preemptions": m["num_preemptions"],
-                "recomputed_tokens": m["recomputed_tokens"], "kv_util": m["kv_util_mean"], "repairs": 0,
-                "steps": m["num_steps"], "truncated": m["num_steps"] > env.scenario.max_steps, "via": "direct"}
+        row = metrics_row({"metrics": m, "return_slo": float(m["num_slo_met"]), "return_gpu": gpu,
+                           "repair_totals": {}}, m["num_slo_met"] + gpu)
+        row["via"] = "direct"
+        return row
 
 
 def parse_heuristic(spec: str) -> tuple[str, dict]:

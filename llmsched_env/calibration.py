@@ -186,13 +186,6 @@ def calibrate_profile(path: str | Path, tp: int = 1, holdout_every: int = 4) -> 
     }
 
 
-def token_models_ms_to_s(layer: PiecewiseLinear, emb: PiecewiseLinear) -> tuple[PiecewiseLinear, PiecewiseLinear]:
-    """Convert fitted ms tables to seconds."""
-    def conv(p):
-        return PiecewiseLinear(p.knots, [v * 1e-3 for v in p.values], p.tail_slope * 1e-3)
-    return conv(layer), conv(emb)
-
-
 def load_allreduce_profile(path: str | Path, num_workers: int) -> tuple[list[float], list[float]]:
     """(sizes in bytes, isotonic-fitted median times in seconds) of a Vidur ``all_reduce.csv`` for ``num_workers``
     GPUs all in one node (rows whose ``devices_per_node`` equals ``num_workers``, where that column

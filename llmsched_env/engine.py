@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from .cost_model import BatchShape, CostModel
 from .plan import BatchPlan, PlanError
-from .request import FINISHED, RUNNING, WAITING, Request, RequestSpec
+from .request import FINISHED, RUNNING, STATUS_NAMES, WAITING, Request, RequestSpec
 
 
 @dataclass(frozen=True)
@@ -377,7 +377,7 @@ class Engine:
         if req is None:
             ids = {s.rid for s in self._pending[self._next_arrival:]}
             return "not yet arrived" if rid in ids else "unknown id"
-        return {WAITING: "waiting", RUNNING: "running", FINISHED: "finished"}[req.status]
+        return STATUS_NAMES[req.status]
 
     def _check_workload(self, specs: Sequence[RequestSpec]) -> None:
         cfg = self.config

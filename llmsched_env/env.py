@@ -173,7 +173,6 @@ class ServingEnv(gym.Env):
         self._t0 = time.perf_counter()
         self._has_pred = any(s.predicted_output_len is not None for s in self.specs)
         self._last_plan = BatchPlan()
-        self._last_action = None
         self._history = np.zeros((self.scenario.num_slots, _HISTORY), dtype=np.uint8)
         self._kv_history = np.zeros(_HISTORY)
         self._refresh()
@@ -215,7 +214,6 @@ class ServingEnv(gym.Env):
         for k, v in repairs.items():
             self._repair_totals[k] += v
         self._last_plan = plan
-        self._last_action = action
         self._refresh()
         info: dict[str, Any] = {"reward_slo": slo, "reward_gpu": gpu, "repairs": repairs,
                                 "batch_size": len(plan.tokens), "num_tokens": result.num_tokens,

@@ -248,8 +248,6 @@ def check_args(a: Args) -> None:
         spec = getattr(a, name)
         if spec is not None and spec.partition(":")[0] not in known:
             errs.append(f"{name}={spec!r}: unknown scheduler; registered: {', '.join(known)}")
-    if a.resume and a.run_name is None and a.config is None:
-        pass  # the default run name is used
     if errs:
         raise SystemExit("bad arguments:\n  " + "\n  ".join(errs))
 
