@@ -39,7 +39,7 @@ def cmd_solve(a) -> int:
     if a.num_requests is None:
         raise SystemExit("error: solve needs --num-requests N (the model is for small instances, e.g. 4-10)")
     preset = get_preset(a.preset, gpu_memory_utilization=a.gpu_mem_util)
-    wl = workload_from_args(a, max_total_len=preset.shape.max_model_len)
+    wl = workload_from_args(a, max_total_len=preset.max_request_tokens(**engine_overrides(a)))
     specs = scale_lengths(build_workload(wl), a.length_scale)
     cfg = preset.engine_config(**engine_overrides(a))
     cost = preset.cost_model

@@ -58,7 +58,7 @@ def print_summary(s: dict, title: str) -> None:
 def _engine_and_workload(a):
     from .presets import get_preset
     preset = get_preset(a.preset, gpu_memory_utilization=a.gpu_mem_util)
-    return preset, workload_from_args(a, max_total_len=preset.shape.max_model_len)
+    return preset, workload_from_args(a, max_total_len=preset.max_request_tokens(**engine_overrides(a)))
 
 
 def cmd_simulate(a) -> int:

@@ -54,11 +54,22 @@ class Preset:
     extra: dict = field(default_factory=dict)
 
     def engine_config(self, **overrides) -> EngineConfig:
-        """EngineConfig for this preset; keyword overrides (token budget, max_num_seqs, ...)."""
-        base = dict(num_kv_blocks=self.num_kv_blocks, block_size=self.block_size,
+        """EngineConfig for this preset; keyword overrides (token budget, max_num_seqs, ...). A
+        ``block_size`` override alone keeps the KV capacity in tokens (fewer, larger blocks)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        blocks = self.num_kv_blocks
+        if "block_size" in overrides and "num_kv_blocks" not in overrides:
+            blocks = self.num_kv_blocks * self.block_size // overrides["block_size"]
+        base = dict(num_kv_blocks=blocks, block_size=self.block_size,
                     max_model_len=self.shape.max_model_len, num_gpus=self.tp)
-        base.update({k: v for k, v in overrides.items() if v is not None})
+        base.update(overrides)
         return EngineConfig(**base)
+
+    def max_request_tokens(self, **overrides) -> int:
+        """Longest request (prompt + output, tokens) an engine of this preset can serve: the
+        model's context, and the KV cache (its largest KV is prompt + output - 1 tokens)."""
+        cfg = self.engine_config(**overrides)
+        return min(cfg.max_model_len, cfg.kv_capacity_tokens + 1)
 
     def describe(self) -> dict:
         return {"name": self.name, "gpu": self.gpu.name, "model": self.shape.name, "tp": self.tp,

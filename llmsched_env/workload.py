@@ -272,6 +272,10 @@ def build_workload(cfg: WorkloadConfig) -> list[RequestSpec]:
         specs.append(RequestSpec(rid=i, arrival_s=float(arrivals[i]), prompt_len=p, output_len=o,
                                  ttft_slo_s=c.ttft_s, tbt_slo_s=c.tbt_s, slo_class=c.name,
                                  priority=c.priority, predicted_output_len=pred))
+    if not specs:
+        raise ValueError(f"every one of the {n} requests is longer than max_total_len {cfg.max_total_len} "
+                         "tokens and oversize='drop' left nothing to serve; use oversize='clip', a larger "
+                         "KV cache or a preset with a longer context")
     return specs
 
 

@@ -65,3 +65,15 @@ def test_goodput_sweep(tmp_path):
     pts = dict(map(tuple, g["points"]))
     assert pts[1.0] >= 0.9 and g["goodput"] >= 1.0
     assert not g["saturated_at_max"] and min(pts.values()) < 0.9
+
+
+def test_oversize_drop_also_guards_kv_capacity(tmp_path):
+    out = tmp_path / "m.json"
+    rc = main(["simulate", "--synthetic", "--lengths", "fixed", "--prompt-len", "300", "--output-len", "10",
+               "--num-requests", "5", "--preset", "infermax-a100-llama2-7b", "--num-kv-blocks", "10",
+               "--oversize", "drop", "--json", str(out), "--no-progress"])
+    assert rc == 2  # every request is longer than the 160-token cache: nothing left to simulate
+    rc = main(["simulate", "--synthetic", "--lengths", "fixed", "--prompt-len", "100", "--output-len", "10",
+               "--num-requests", "5", "--preset", "infermax-a100-llama2-7b", "--num-kv-blocks", "10",
+               "--oversize", "clip", "--json", str(out), "--no-progress"])
+    assert rc == 0 and json.loads(out.read_text())["num_finished"] == 5

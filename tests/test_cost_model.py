@@ -122,3 +122,13 @@ def test_preset_from_hf_config(tmp_path):
     assert 0 < t1 <= t2 and math.isfinite(t2)
     with pytest.raises(FileNotFoundError, match="model config not found"):
         get_preset(f"shape:{tmp_path}/missing@h100")
+
+
+def test_block_size_override_keeps_kv_capacity_in_tokens():
+    p = get_preset("infermax-a100-llama2-7b")
+    base = p.engine_config()
+    big = p.engine_config(block_size=64)
+    assert big.num_kv_blocks == base.num_kv_blocks * 16 // 64
+    assert abs(big.kv_capacity_tokens - base.kv_capacity_tokens) < 64
+    assert p.engine_config(block_size=64, num_kv_blocks=10).num_kv_blocks == 10
+    assert p.max_request_tokens(num_kv_blocks=10, block_size=16) == 161
