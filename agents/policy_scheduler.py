@@ -96,6 +96,9 @@ class SlotPolicyScheduler:
         self.reward = SLOReward(lo.lam, cfg.num_gpus, output_len=output_len_or_cap)
         self._steps = 0
         self._last: dict[int, int] = {}
+        # the env decides "a predictor is configured" once per workload; a serving engine only
+        # shows requests as they come, so the flag turns on with the first prediction seen and stays
+        self._has_pred = False
         self._ready = True
 
     def _map_budget_levels(self, engine_budget: int) -> Optional[np.ndarray]:
@@ -134,9 +137,9 @@ class SlotPolicyScheduler:
         else:
             self._track(engine)
         slots = assign_slots(engine, self.layout.num_slots)
-        has_pred = any(r.predicted_output_len is not None for r in slots)
+        self._has_pred = self._has_pred or any(r.predicted_output_len is not None for r in slots)
         obs = self.observer.encode(engine, slots, self.reward.alive, self._steps, self.layout.max_steps,
-                                   engine.num_requests, has_pred)
+                                   engine.num_requests, self._has_pred)
         mask = self.decoder.action_mask(engine, slots)
         if self._budget_map is not None:  # every budget level is always allowed
             mask = np.concatenate((mask[:-len(self.decoder.budget_levels)], np.ones(self.layout.nvec[-1], bool)))
