@@ -22,6 +22,17 @@ def linear_cost():
     return LinearCostModel(base_s=0.01, per_token_s=1e-4)
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Torch on one thread for a test module (tiny models gain nothing from more; CI shares cores).
+    Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_engine(specs, num_kv_blocks=64, block_size=4, budget=64, max_seqs=8, cost=None, **kw):
     """A small engine over hand-built specs (block size 4 makes block arithmetic visible)."""
     cfg = EngineConfig(num_kv_blocks=num_kv_blocks, block_size=block_size, max_num_batched_tokens=budget,

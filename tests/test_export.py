@@ -33,12 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--embed-dim", "16", "--head-hidden", "16", "--num-heads", "2", "--seed", "3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _save(model, a, out: Path, normalization=None) -> Path:

@@ -36,14 +36,7 @@ def tiny_config(tmp_path):
     return d / "config.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Real CPU timing on one thread: the tiny model gains nothing from more, and CI shares cores."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # real CPU timing on one thread
 
 
 @pytest.fixture(scope="module")
