@@ -54,7 +54,7 @@ def build_manifest(pol, layout, sha256: str, opset: int, torch_version: str) -> 
         "llmsched_version": llmsched_env.__version__,
         "model": {"file": MODEL, "sha256": sha256, "opset": opset,
                   "exporter": f"torch.onnx.export (TorchScript tracer), torch {torch_version}",
-                  **io_spec(K, len(SLOT_FEATURES), len(GLOBAL_FEATURES), layout.nvec)},
+                  **io_spec(K, len(SLOT_FEATURES), len(GLOBAL_FEATURES), layout.nvec, layout.hint is not None)},
         "observation": {
             "num_slots": K, "num_slot_features": len(SLOT_FEATURES), "num_global_features": len(GLOBAL_FEATURES),
             "slot_features": list(SLOT_FEATURES), "global_features": list(GLOBAL_FEATURES),
@@ -62,6 +62,10 @@ def build_manifest(pol, layout, sha256: str, opset: int, torch_version: str) -> 
             "clip": CLIP,
             "slots_layout": "K x F row-major: slot i's features are slots[i*F:(i+1)*F]",
             "encoder": "llmsched_env.observation.ObservationEncoder",
+            "hint": layout.hint,
+            "hint_encoder": None if layout.hint is None else
+            "llmsched_env.advice.HeuristicAdvisor + hint_features: the hint heuristic's proposal, one-hot "
+            "(hint_slots K x A row-major, hint_budget B)",
             "normalization": None if norm is None else {"kind": norm["kind"], "folded_into_model": True,
                                                          "epsilon": norm.get("epsilon", 1e-8),
                                                          "clip_obs": norm.get("clip_obs", 10.0)}},
@@ -110,13 +114,13 @@ def _export(pol, out: Path, verify_steps: int, seed: int, opset: int) -> dict:
     layout = pol.layout()
     graph = DeterministicAction(pol.policy, pol.obs_norm).eval()
     space = pol.policy.observation_space
-    example = (th.zeros((1,) + space["slots"].shape), th.zeros((1,) + space["global"].shape),
-               th.ones((1, int(sum(layout.nvec))), dtype=th.bool))
+    keys = ["slots", "global"] + (["hint_slots", "hint_budget"] if layout.hint else [])
+    example = (*(th.zeros((1,) + space[k].shape) for k in keys), th.ones((1, int(sum(layout.nvec))), dtype=th.bool))
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
     with warnings.catch_warnings(), th.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer notes
-        th.onnx.export(graph, example, str(out / MODEL), input_names=["slots", "global", "action_mask"],
+        th.onnx.export(graph, example, str(out / MODEL), input_names=[*keys, "action_mask"],
                        output_names=["action"], opset_version=opset, dynamo=False)
     manifest = build_manifest(pol, layout, sha256_file(out / MODEL), opset, th.__version__)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

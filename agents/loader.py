@@ -68,7 +68,9 @@ class LoadedPolicy:
     def env_overrides(self) -> dict:
         from agents.rollout import scenario_overrides
         o = self.meta.get("overrides") or {}
-        return scenario_overrides(o.get("lam"), o.get("slo_ttft_s"), o.get("slo_tbt_s"), self.scenario_name)
+        return scenario_overrides(o.get("lam"), o.get("slo_ttft_s"), o.get("slo_tbt_s"), self.scenario_name,
+                                  hint=o.get("hint"), num_slots=o.get("num_slots"),
+                                  waiting_slots=o.get("waiting_slots"))
 
     def layout(self) -> PolicyLayout:
         """The observation/action layout of the scenario it was trained on."""

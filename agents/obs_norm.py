@@ -60,7 +60,7 @@ class ObsNormalization:
         return cls(mean, std, clip)
 
     def apply(self, obs: dict) -> dict:
-        out = {}
+        out = dict(obs)  # other keys (the one-hot hint) pass unchanged
         for key in KEYS:
             x = (np.asarray(obs[key], dtype=np.float32) - self.mean[key]) / self.std[key]
             out[key] = np.clip(x, np.float32(-self.clip), np.float32(self.clip))

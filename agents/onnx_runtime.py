@@ -54,11 +54,14 @@ def sha256_file(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def io_spec(num_slots: int, num_features: int, num_global: int, nvec) -> dict:
-    """The ONNX inputs and outputs (name, shape, dtype) a policy with this layout has."""
+def io_spec(num_slots: int, num_features: int, num_global: int, nvec, hinted: bool = False) -> dict:
+    """The ONNX inputs and outputs (name, shape, dtype) a policy with this layout has; a policy
+    trained with a heuristic hint also takes the one-hot ``hint_slots`` and ``hint_budget``."""
     nvec = [int(n) for n in nvec]
+    hint = ([{"name": "hint_slots", "shape": [1, num_slots * nvec[0]], "dtype": "float32"},
+             {"name": "hint_budget", "shape": [1, nvec[-1]], "dtype": "float32"}] if hinted else [])
     return {"inputs": [{"name": "slots", "shape": [1, num_slots * num_features], "dtype": "float32"},
-                       {"name": "global", "shape": [1, num_global], "dtype": "float32"},
+                       {"name": "global", "shape": [1, num_global], "dtype": "float32"}, *hint,
                        {"name": "action_mask", "shape": [1, sum(nvec)], "dtype": "bool"}],
             "outputs": [{"name": OUTPUT, "shape": [1, len(nvec)], "dtype": "int64"}]}
 
@@ -107,7 +110,7 @@ def check_manifest(m: dict, where: str = MANIFEST) -> PolicyLayout:
         K, F, G = ob["num_slots"], ob["num_slot_features"], ob["num_global_features"]
         layout = PolicyLayout(int(K), int(ac["waiting_slots"]), tuple(ac["chunk_sizes"]),
                               tuple(ac["budget_levels"]), int(sc["max_steps"]), float(sc["lam"]),
-                              tuple(int(n) for n in ac["nvec"]))
+                              tuple(int(n) for n in ac["nvec"]), ob.get("hint"))
         slot_f, glob_f = list(ob["slot_features"]), list(ob["global_features"])
         declared = {"inputs": model["inputs"], "outputs": model["outputs"]}
     except (KeyError, TypeError, ValueError) as e:
@@ -126,7 +129,7 @@ def check_manifest(m: dict, where: str = MANIFEST) -> PolicyLayout:
         raise ExportError(f"{where}: action nvec {nvec} does not match K={K} slots of {A} choices "
                           f"(4 + chunk sizes {list(layout.chunk_sizes)}) plus up to "
                           f"{len(layout.budget_levels)} budget levels")
-    expected = io_spec(K, F, G, nvec)
+    expected = io_spec(K, F, G, nvec, hinted=layout.hint is not None)
     if declared != expected:
         raise ExportError(f"{where}: ONNX inputs/outputs {declared} do not match the layout it "
                           f"describes (K={K}, F={F}, G={G}, nvec {nvec}): expected {expected}")
@@ -182,6 +185,9 @@ class OnnxPolicy:
         feeds = {"slots": np.asarray(obs["slots"], dtype=np.float32).reshape(1, -1),
                  "global": np.asarray(obs["global"], dtype=np.float32).reshape(1, -1),
                  "action_mask": mask.reshape(1, -1)}
+        if self.layout.hint is not None:
+            for k in ("hint_slots", "hint_budget"):
+                feeds[k] = np.asarray(obs[k], dtype=np.float32).reshape(1, -1)
         return self.session.run(self._out, feeds)[0][0]
 
 

@@ -18,6 +18,10 @@ fraction of the K slots holding a present request of the same kind with a smalle
 are what an ordering heuristic (FCFS, least slack first) decides by, computed from the features
 rather than from slot positions, so they too are permutation-equivariant.
 
+With a scenario ``hint`` (``llmsched_env.advice``) the observation also holds a heuristic's
+proposal, one-hot: slot i's proposed choice joins slot i's input and the proposed budget level
+joins the global input, so the policy can start as the heuristic and learn where to depart.
+
 So permuting the requests among the slots permutes their logits and leaves the budget choice and
 the value unchanged, and the same weights serve any K. ``SlotSetExtractor`` is the SB3 features
 extractor (its output is the flat concatenation [e_1..e_K, c]); ``SlotSetPolicy`` subclasses
@@ -79,6 +83,9 @@ class SlotSetExtractor(BaseFeaturesExtractor):
             raise ValueError(f"slots vector of {flat} is not a multiple of num_features={num_features}")
         self.K, self.F = flat // num_features, num_features
         self.G = observation_space["global"].shape[0]
+        self.hinted = "hint_slots" in observation_space.spaces
+        self.A = observation_space["hint_slots"].shape[0] // self.K if self.hinted else 0
+        self.B = observation_space["hint_budget"].shape[0] if self.hinted else 0
         self.D = embed_dim
         super().__init__(observation_space, features_dim=self.K * embed_dim + 3 * embed_dim)
         from llmsched_env.observation import SLOT_FEATURES
@@ -86,8 +93,8 @@ class SlotSetExtractor(BaseFeaturesExtractor):
             raise ValueError(f"num_features={num_features} but the env has {len(SLOT_FEATURES)} slot features")
         self.rank_cols = [SLOT_FEATURES.index(c) for c in RANKED]
         self.running_col = SLOT_FEATURES.index("running")
-        self.slot_mlp = _mlp([self.F + len(self.rank_cols), embed_dim, embed_dim])
-        self.global_mlp = _mlp([self.G, embed_dim, embed_dim])
+        self.slot_mlp = _mlp([self.F + len(self.rank_cols) + self.A, embed_dim, embed_dim])
+        self.global_mlp = _mlp([self.G + self.B, embed_dim, embed_dim])
         self.attention = attention
         if attention:
             self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
@@ -97,8 +104,12 @@ class SlotSetExtractor(BaseFeaturesExtractor):
         x = obs["slots"].reshape(-1, self.K, self.F)
         present = x[..., 0] > 0.5                                   # (N, K) feature 0 = "present"
         ranks = slot_ranks(x, present, x[..., self.running_col] > 0.5, self.rank_cols)
-        e = self.slot_mlp(th.cat([x, ranks], dim=-1))               # (N, K, D)
-        g = self.global_mlp(obs["global"])                          # (N, D)
+        if self.hinted:
+            e = self.slot_mlp(th.cat([x, ranks, obs["hint_slots"].reshape(-1, self.K, self.A)], dim=-1))
+            g = self.global_mlp(th.cat([obs["global"], obs["hint_budget"]], dim=-1))
+        else:
+            e = self.slot_mlp(th.cat([x, ranks], dim=-1))           # (N, K, D)
+            g = self.global_mlp(obs["global"])                      # (N, D)
         if self.attention:
             keys = th.cat([g.unsqueeze(1), e], dim=1)                # (N, 1+K, D)
             pad = th.cat([th.zeros_like(present[:, :1]), ~present], dim=1)

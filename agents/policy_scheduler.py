@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from llmsched_env.action import ActionDecoder
+from llmsched_env.advice import HeuristicAdvisor, hint_features
 from llmsched_env.observation import ObservationEncoder, assign_slots
 from llmsched_env.plan import BatchPlan
 from llmsched_env.reward import SLOReward
@@ -51,6 +52,7 @@ class PolicyLayout:
             that feeds ``slo_alive`` is used here.
         nvec: the policy's action sizes, MultiDiscrete ([4 + chunk sizes] * K + [budget levels
             as the training engine resolved them]).
+        hint: the heuristic whose proposal the observation shows (``llmsched_env.advice``), or None.
     """
     num_slots: int
     waiting_slots: int
@@ -59,11 +61,12 @@ class PolicyLayout:
     max_steps: int
     lam: float
     nvec: tuple
+    hint: Optional[str] = None
 
     @classmethod
     def from_scenario(cls, sc, nvec) -> "PolicyLayout":
         return cls(sc.num_slots, sc.waiting_slots, tuple(sc.chunk_sizes), tuple(sc.budget_levels),
-                   sc.max_steps, float(sc.lam), tuple(int(n) for n in nvec))
+                   sc.max_steps, float(sc.lam), tuple(int(n) for n in nvec), sc.hint)
 
 
 class SlotPolicyScheduler:
@@ -99,6 +102,7 @@ class SlotPolicyScheduler:
         # the env decides "a predictor is configured" once per workload; a serving engine only
         # shows requests as they come, so the flag turns on with the first prediction seen and stays
         self._has_pred = False
+        self.advisor = HeuristicAdvisor(lo.hint, self.decoder) if lo.hint else None
         self._ready = True
 
     def _map_budget_levels(self, engine_budget: int) -> Optional[np.ndarray]:
@@ -136,10 +140,17 @@ class SlotPolicyScheduler:
             self._setup(engine)
         else:
             self._track(engine)
-        slots = assign_slots(engine, self.layout.num_slots)
+        lo = self.layout
+        slots = assign_slots(engine, lo.num_slots)
         self._has_pred = self._has_pred or any(r.predicted_output_len is not None for r in slots)
         obs = self.observer.encode(engine, slots, self.reward.alive, self._steps, self.layout.max_steps,
                                    engine.num_requests, self._has_pred)
+        if self.advisor is not None:
+            _, hint = self.advisor.propose(engine, slots)
+            if hint is not None and self._budget_map is not None:  # the decoder's level -> the policy's
+                hint = hint.copy()
+                hint[-1] = int(np.argmax(self._budget_map == hint[-1]))
+            obs["hint_slots"], obs["hint_budget"] = hint_features(hint, lo.num_slots, lo.nvec[0], lo.nvec[-1])
         mask = self.decoder.action_mask(engine, slots)
         if self._budget_map is not None:  # every budget level is always allowed
             mask = np.concatenate((mask[:-len(self.decoder.budget_levels)], np.ones(self.layout.nvec[-1], bool)))

@@ -9,7 +9,6 @@ time), ``repairs`` (decoder repairs, all kinds), ``steps`` (engine steps), ``tru
 """
 from __future__ import annotations
 
-import copy
 import pickle
 from dataclasses import replace
 from typing import Callable, Optional
@@ -19,7 +18,7 @@ import numpy as np
 
 from llmsched_env import Engine, ServingEnv, make_scheduler, run
 from llmsched_env.action import NotExpressible
-from llmsched_env.plan import BatchPlan
+from llmsched_env.advice import HeuristicAdvisor
 from llmsched_env.scenarios import get_scenario
 from llmsched_env.scheduler import parse_spec
 
@@ -28,10 +27,16 @@ METRIC_KEYS = ("return", "return_slo", "return_gpu", "slo_attainment", "ttft_p99
 
 
 def scenario_overrides(lam: Optional[float] = None, slo_ttft_s: Optional[float] = None,
-                       slo_tbt_s: Optional[float] = None, scenario: str = "default") -> dict:
-    """ServingEnv keyword overrides for lambda and the SLO targets (None = the scenario's).
-    ``slo_ttft_s`` / ``slo_tbt_s`` set the targets of every SLO tier, seconds."""
-    out: dict = {}
+                       slo_tbt_s: Optional[float] = None, scenario: str = "default", *,
+                       hint: Optional[str] = None, num_slots: Optional[int] = None,
+                       waiting_slots: Optional[int] = None) -> dict:
+    """ServingEnv keyword overrides (None = the scenario's): lambda, the SLO targets
+    (``slo_ttft_s`` / ``slo_tbt_s`` set the targets of every SLO tier, seconds), and the agent's
+    side of the interface: the heuristic ``hint`` in the observation and the slot window
+    (``num_slots`` K, ``waiting_slots``), which leave the engine and the workloads as they are
+    as long as K - waiting_slots stays the scenario's."""
+    out: dict = {k: v for k, v in (("hint", hint), ("num_slots", num_slots), ("waiting_slots", waiting_slots))
+                 if v is not None}
     if lam is not None:
         out["lam"] = float(lam)
     if slo_ttft_s is not None or slo_tbt_s is not None:
@@ -127,74 +132,34 @@ def parse_heuristic(spec: str) -> tuple[str, dict]:
     return parse_spec(spec)
 
 
-class WindowView:
-    """The engine as a scheduler would see it if the waiting queue held only the waiting requests
-    in the K slots (read-only; everything else is the engine's). A heuristic run on it gives the
-    closest label an action can express when its real plan admits requests beyond the slots."""
-
-    def __init__(self, engine, slots):
-        self._engine = engine
-        self._waiting = [r for r in slots if r.rid not in engine.running]
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def iter_waiting(self):
-        return iter(self._waiting)
-
-    @property
-    def waiting(self):
-        return list(self._waiting)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self._waiting)
-
-
-def _window_label(env: ServingEnv, sched, plan: BatchPlan) -> Optional[np.ndarray]:
-    try:
-        return env.encode_plan(copy.deepcopy(sched).schedule(WindowView(env.engine, env.slots)))
-    except NotExpressible:
-        pass
-    seen = {r.rid for r in env.slots}
-    try:
-        return env.encode_plan(BatchPlan(tokens={k: v for k, v in plan.tokens.items() if k in seen},
-                                         preempt={k for k in plan.preempt if k in seen}))
-    except NotExpressible:
-        return None
-
-
 def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
                    on_episode: Optional[Callable] = None, act: Optional[Callable] = None):
     """Behaviour-cloning data: (observations dict of arrays, masks, actions, discounted returns
     with ``gamma``) of heuristic ``spec`` on reset ``seeds``.
 
-    Without ``act`` the heuristic drives the env. When its plan admits requests beyond the K
-    slots, the label is the plan of a copy of the heuristic run on ``WindowView`` (the waiting
-    queue cut to the slotted requests), else the plan cut to the slotted requests; a step still
-    not expressible ends that episode's data. With ``act`` (DAgger) the env is driven by
+    The labels are ``HeuristicAdvisor`` proposals (``llmsched_env.advice``): the heuristic's plan
+    as a canonical action, or, when the plan admits requests beyond the K slots, the closest plan
+    the slots can express. Without ``act`` the heuristic drives the env and a step it cannot
+    express at all ends that episode's data. With ``act`` (DAgger) the env is driven by
     ``act(obs, mask)`` and the heuristic only labels the states the policy visits (valid for
     heuristics whose plan depends on the engine state alone, like slai, sarathi, vllm-v1); a
     state it cannot express is left unlabelled."""
     name, opts = parse_heuristic(spec)
-    slots, glob, masks, acts, rets = [], [], [], [], []
+    advisor = HeuristicAdvisor(name, env.decoder, opts)
+    obs_rows: dict[str, list] = {}
+    masks, acts, rets = [], [], []
     for seed in seeds:
         rewards, labelled = [], []
-        sched = make_scheduler(name, **opts)
-        sched.reset()
+        advisor.reset()
         obs, _ = env.reset(seed=seed)
         while True:
-            plan = sched.schedule(env.engine)
-            try:
-                a = env.encode_plan(plan)
-            except NotExpressible:
-                a = _window_label(env, sched, plan)
-                if a is None and act is None:
-                    break
+            _, a = advisor.propose(env.engine, env.slots)
+            if a is None and act is None:
+                break
             mask = env.action_masks().copy()
             if a is not None:
-                slots.append(obs["slots"])
-                glob.append(obs["global"])
+                for k, v in obs.items():
+                    obs_rows.setdefault(k, []).append(v)
                 masks.append(mask)
                 acts.append(a)
             obs, r, term, trunc, _ = env.step(a if act is None else act(obs, mask))
@@ -210,5 +175,5 @@ def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
         rets.extend(reversed(back))
         if on_episode is not None:
             on_episode()
-    return ({"slots": np.stack(slots), "global": np.stack(glob)}, np.stack(masks), np.stack(acts),
+    return ({k: np.stack(v) for k, v in obs_rows.items()}, np.stack(masks), np.stack(acts),
             np.asarray(rets, dtype=np.float32))

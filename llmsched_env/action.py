@@ -305,5 +305,22 @@ class ActionDecoder:
             f"({fit}), nor the rest of a budget level {self.budget_levels} after {fixed_total} other "
             "tokens")
 
+    def widen_fills(self, engine, slots: list, action) -> np.ndarray:
+        """``action`` with FILL instead of HOLD on every waiting slot when that decodes to the same
+        plan (each would get nothing: no budget, free KV or seat is left after the others), else
+        ``action`` unchanged. Waiting FILLs all see the same budget and free KV, so either every
+        one of them gets nothing or the first does: all or none is the whole choice."""
+        acts = np.array(action, dtype=np.int64)
+        waiting = [i for i, r in enumerate(slots) if acts[i] == HOLD and r.status != RUNNING]
+        if not waiting:
+            return acts
+        wide = acts.copy()
+        wide[waiting] = FILL
+        before, _ = self.decode(engine, slots, acts)
+        after, _ = self.decode(engine, slots, wide)
+        if after.tokens == before.tokens and after.preempt == before.preempt:
+            return wide
+        return acts
+
     def describe(self) -> list[str]:
         return list(CHOICE_NAMES) + [f"chunk{c}" for c in self.chunk_sizes]

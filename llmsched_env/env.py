@@ -10,6 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .action import REPAIRS, ActionDecoder
+from .advice import HeuristicAdvisor, hint_features
 from .engine import Engine
 from .metrics import summarize
 from .observation import CLIP, GLOBAL_FEATURES, SLOT_FEATURES, ObservationEncoder, assign_slots
@@ -65,6 +66,11 @@ class ServingEnv(gym.Env):
     predicted remaining length, whether its SLO can still be met, priority) and G = 12 global
     features (KV free fraction, queue lengths, budget, last latency, time, progress); each is
     listed with its unit and scale in ``llmsched_env.observation``.
+
+    With a scenario ``hint`` (a heuristic's name, e.g. ``"slai"``), two more keys show that
+    heuristic's proposal for this step (``llmsched_env.advice``), one-hot: ``hint_slots``
+    ``Box(0, 1, (K * A,))`` (slot i's proposed choice = entries i*A .. i*A+A-1) and
+    ``hint_budget`` ``Box(0, 1, (B,))``; all zeros when the proposal cannot be expressed.
 
     ## Rewards
     ``r_t = S_t - lambda * gpus * dt_t``: dt_t is the step's GPU busy time in seconds; S_t is +1
@@ -126,9 +132,15 @@ class ServingEnv(gym.Env):
         self.observer = ObservationEncoder(K, cfg.num_kv_blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.reward_fn = SLOReward(sc.lam, cfg.num_gpus)
         self.action_space = spaces.MultiDiscrete(self.decoder.nvec)
-        self.observation_space = spaces.Dict({
-            "slots": spaces.Box(-CLIP, CLIP, (K * len(SLOT_FEATURES),), np.float32),
-            "global": spaces.Box(-CLIP, CLIP, (len(GLOBAL_FEATURES),), np.float32)})
+        obs_spaces = {"slots": spaces.Box(-CLIP, CLIP, (K * len(SLOT_FEATURES),), np.float32),
+                      "global": spaces.Box(-CLIP, CLIP, (len(GLOBAL_FEATURES),), np.float32)}
+        self.advisor = HeuristicAdvisor(sc.hint, self.decoder) if sc.hint else None
+        if self.advisor is not None:
+            A, B = int(self.decoder.nvec[0]), int(self.decoder.nvec[-1])
+            obs_spaces["hint_slots"] = spaces.Box(0.0, 1.0, (K * A,), np.float32)
+            obs_spaces["hint_budget"] = spaces.Box(0.0, 1.0, (B,), np.float32)
+        self.observation_space = spaces.Dict(obs_spaces)
+        self._hint: Optional[np.ndarray] = None
         self.engine: Optional[Engine] = None
         self.specs: list[RequestSpec] = []
         self._slots: list = []
@@ -167,6 +179,8 @@ class ServingEnv(gym.Env):
         self.engine = Engine(self.specs, self.engine_config, self.cost_model)
         self.reward_fn.reset()
         self.observer.reset()
+        if self.advisor is not None:
+            self.advisor.reset()
         self._steps = 0
         self._done = False
         self._repair_totals = dict.fromkeys(REPAIRS, 0)
@@ -183,8 +197,20 @@ class ServingEnv(gym.Env):
         self._mask = None
 
     def _obs(self) -> dict:
-        return self.observer.encode(self.engine, self._slots, self.reward_fn.alive, self._steps,
-                                    self.scenario.max_steps, len(self.specs), self._has_pred)
+        obs = self.observer.encode(self.engine, self._slots, self.reward_fn.alive, self._steps,
+                                   self.scenario.max_steps, len(self.specs), self._has_pred)
+        if self.advisor is not None:
+            _, self._hint = self.advisor.propose(self.engine, self._slots)
+            nvec = self.decoder.nvec
+            obs["hint_slots"], obs["hint_budget"] = hint_features(self._hint, self.scenario.num_slots,
+                                                                  int(nvec[0]), int(nvec[-1]))
+        return obs
+
+    @property
+    def hint_action(self) -> Optional[np.ndarray]:
+        """The hint heuristic's proposal for the current step as an action (None without a hint
+        or when its plan cannot be expressed; see ``llmsched_env.advice``)."""
+        return self._hint
 
     def action_masks(self) -> np.ndarray:
         """Flat boolean mask of the per-slot choices then the budget levels (sb3-contrib)."""

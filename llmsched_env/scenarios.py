@@ -58,6 +58,9 @@ class Scenario:
             means the engine's ``max_num_batched_tokens``. "Fill" actions fill up to the chosen
             level.
         max_steps: episode truncation, environment (= engine) steps.
+        hint: a heuristic scheduler spec (e.g. ``"slai"``) whose proposal for each step is part
+            of the observation (keys ``hint_slots``, ``hint_budget``; ``llmsched_env.advice``),
+            for residual learning: the policy sees what the heuristic would do. None = no hint.
     """
 
     name: str
@@ -76,6 +79,7 @@ class Scenario:
     chunk_sizes: tuple[int, ...] = (32, 128, 512, 2048)
     budget_levels: tuple[Optional[int], ...] = (256, 512, 1024, 2048, None)
     max_steps: int = 10_000
+    hint: Optional[str] = None
 
     def check(self) -> None:
         """Raise ValueError naming every bad field."""
@@ -105,6 +109,18 @@ class Scenario:
                 errs.append(f"rate_range={self.rate_range!r} must satisfy 0 < low <= high")
         if self.max_num_seqs is not None and (not isinstance(self.max_num_seqs, int) or self.max_num_seqs < 1):
             errs.append(f"max_num_seqs={self.max_num_seqs!r} must be an integer >= 1")
+        if self.hint is not None:
+            from .scheduler import available_schedulers, is_heuristic, parse_spec
+            try:
+                name = parse_spec(self.hint)[0]
+                if name not in available_schedulers():
+                    errs.append(f"hint={self.hint!r}: unknown scheduler {name!r}; known: "
+                                f"{', '.join(available_schedulers())}")
+                elif not is_heuristic(name):
+                    errs.append(f"hint={self.hint!r} must name a heuristic scheduler (not a learned "
+                                "policy or the optimal replay)")
+            except ValueError as e:
+                errs.append(f"hint={self.hint!r}: {e}")
         if not isinstance(self.workload, WorkloadConfig):
             errs.append(f"workload must be a WorkloadConfig, not {type(self.workload).__name__}")
         if errs:

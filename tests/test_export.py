@@ -36,9 +36,9 @@ SMALL = ["--embed-dim", "16", "--head-hidden", "16", "--num-heads", "2", "--seed
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def _save(model, a, out: Path, normalization=None) -> Path:
+def _save(model, a, out: Path, normalization=None, overrides=None) -> Path:
     from train.ppo import save_policy
-    d = save_policy(a, model, out, {}, {})
+    d = save_policy(a, model, out, overrides or {}, {})
     if normalization is not None:
         meta = yaml.safe_load((d / "policy.yaml").read_text())
         meta["obs_normalization"] = normalization
@@ -46,11 +46,11 @@ def _save(model, a, out: Path, normalization=None) -> Path:
     return d
 
 
-def imitate(policy, heuristic: str, steps: int) -> None:
+def imitate(policy, heuristic: str, steps: int, **env_overrides) -> None:
     """A few gradient steps of behaviour cloning on 256 states of ``heuristic``'s episode: a
     policy that acts like a scheduler (runs decodes, admits and chunks prefills, mixing choices),
     not the near-uniform one of random initialisation."""
-    env, sched = ServingEnv("default"), make_scheduler(heuristic)
+    env, sched = ServingEnv("default", **env_overrides), make_scheduler(heuristic)
     obs, _ = env.reset(seed=0)
     rows = []
     for _ in range(256):
@@ -71,7 +71,8 @@ def imitate(policy, heuristic: str, steps: int) -> None:
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
-    """{"set": dir, "mlp": dir, "mlp_norm": dir} of saved policies and their exports."""
+    """{"set": dir, "set_hint": dir, "mlp": dir, "mlp_norm": dir} of saved policies and their
+    exports ("set_hint" sees slai's proposal in its observation)."""
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -81,6 +82,9 @@ def policies(tmp_path_factory):
     model = build_model(parse_args(SMALL), venv, {})
     imitate(model.policy, "sarathi", steps=10)
     out = {"set": _save(model, parse_args(SMALL), root / "set")}
+    hinted = build_model(parse_args(SMALL + ["--hint", "slai"]), DummyVecEnv([lambda: ServingEnv("default", hint="slai")]), {})
+    imitate(hinted.policy, "slai", steps=10, hint="slai")
+    out["set_hint"] = _save(hinted, parse_args(SMALL + ["--hint", "slai"]), root / "set_hint", overrides={"hint": "slai"})
     mlp = MaskablePPO("MultiInputPolicy", venv, policy_kwargs=dict(net_arch=[32, 32]), seed=4, device="cpu")
     rng = np.random.default_rng(5)
     K_F, G = venv.observation_space["slots"].shape[0], venv.observation_space["global"].shape[0]
@@ -100,7 +104,7 @@ def export_dir(policies, name) -> Path:
     return policies[name].parent / f"{name}_export"
 
 
-@pytest.mark.parametrize("name", ["set", "mlp", "mlp_norm"])
+@pytest.mark.parametrize("name", ["set", "set_hint", "mlp", "mlp_norm"])
 def test_onnx_actions_equal_the_sb3_policys(policies, name):
     """Several hundred states of real episodes (driven by the policy, seeds 0, 1, ...): the ONNX
     runtime's action equals the SB3 policy's deterministic action exactly."""

@@ -27,18 +27,23 @@ from tests.test_vllm_hook import build, model_config, run_checked  # noqa: E402,
 LENGTHS = [(300, 6), (70, 9), (520, 4), (100, 12), (9, 20), (1500, 3), (33, 7), (260, 5)]
 
 
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
+@pytest.fixture(scope="module", params=[None, "slai"], ids=["plain", "slai-hint"])
+def export_dir(tmp_path_factory, request):
+    """An exported policy; the "slai-hint" one also sees slai's proposal (computed on the vLLM
+    view inside the hook)."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from tests.test_export import SMALL, imitate
     from train.ppo import build_model, parse_args, save_policy
     th.set_num_threads(1)
     root = tmp_path_factory.mktemp("onnx-policy")
-    a = parse_args(SMALL)
-    model = build_model(a, DummyVecEnv([lambda: ServingEnv("default")]), {})
-    imitate(model.policy, "sarathi", steps=10)
-    export_policy(save_policy(a, model, root / "policy", {}, {}), root / "export", verify_steps=0)
+    hint = request.param
+    extra = ["--hint", hint] if hint else []
+    a = parse_args(SMALL + extra)
+    env_kw = {"hint": hint} if hint else {}
+    model = build_model(a, DummyVecEnv([lambda: ServingEnv("default", **env_kw)]), {})
+    imitate(model.policy, "sarathi", steps=10, **env_kw)
+    export_policy(save_policy(a, model, root / "policy", env_kw, {}), root / "export", verify_steps=0)
     return root / "export"
 
 

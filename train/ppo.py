@@ -78,6 +78,13 @@ class Args:
     """TTFT target of every SLO tier, seconds"""
     slo_tbt_s: Optional[float] = None
     """TBT target of every SLO tier, seconds"""
+    # --- the agent's view (None = the scenario's own; the engine and workloads stay the scenario's)
+    hint: Optional[str] = None
+    """heuristic whose proposal each step is part of the observation (residual learning), e.g. slai"""
+    num_slots: Optional[int] = None
+    """K, request slots in the observation and action"""
+    waiting_slots: Optional[int] = None
+    """slots kept for waiting requests; keep K - waiting_slots at the scenario's to keep its engine"""
     # --- policy network
     policy: str = "set"
     """set (per-slot encoder + attention, per-slot logits) or mlp (flattened observation)"""
@@ -243,8 +250,11 @@ def check_args(a: Args) -> None:
         [int(x) for x in a.mlp_arch.split(",") if x.strip()]
     except ValueError:
         errs.append(f"mlp_arch={a.mlp_arch!r}: comma-separated layer sizes, e.g. 256,256")
+    for name in ("num_slots", "waiting_slots"):
+        if getattr(a, name) is not None and getattr(a, name) < (1 if name == "num_slots" else 0):
+            errs.append(f"{name}={getattr(a, name)} must be >= {1 if name == 'num_slots' else 0}")
     known = available_schedulers()
-    for name in ("reference", "bc_heuristic"):
+    for name in ("reference", "bc_heuristic", "hint"):
         spec = getattr(a, name)
         if spec is not None and spec.partition(":")[0] not in known:
             errs.append(f"{name}={spec!r}: unknown scheduler; registered: {', '.join(known)}")
@@ -496,7 +506,8 @@ def load_checkpoint(run_dir: Path, venv, monitor):
 
 
 def overrides_desc(a: Args) -> dict:
-    return {"lam": a.lam, "slo_ttft_s": a.slo_ttft_s, "slo_tbt_s": a.slo_tbt_s}
+    return {"lam": a.lam, "slo_ttft_s": a.slo_ttft_s, "slo_tbt_s": a.slo_tbt_s, "hint": a.hint,
+            "num_slots": a.num_slots, "waiting_slots": a.waiting_slots}
 
 
 def save_policy(a: Args, model, out: Path, overrides_desc: dict, extra: dict) -> Path:
@@ -528,7 +539,8 @@ def main(argv=None) -> dict:
     th.set_num_threads(a.torch_threads)
     th.distributions.Distribution.set_default_validate_args(False)
     console = Console()
-    overrides = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario)
+    overrides = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint,
+                                   num_slots=a.num_slots, waiting_slots=a.waiting_slots)
     run_dir = run_dir_of(a)
     if run_dir.exists() and not a.resume and (run_dir / "checkpoints").exists():
         raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or another --run-name")
