@@ -87,7 +87,9 @@ class SlotSetExtractor(BaseFeaturesExtractor):
         self.A = observation_space["hint_slots"].shape[0] // self.K if self.hinted else 0
         self.B = observation_space["hint_budget"].shape[0] if self.hinted else 0
         self.D = embed_dim
-        super().__init__(observation_space, features_dim=self.K * embed_dim + 3 * embed_dim)
+        hint_dim = (observation_space["hint_slots"].shape[0] + observation_space["hint_budget"].shape[0]
+                    if "hint_slots" in observation_space.spaces else 0)
+        super().__init__(observation_space, features_dim=self.K * embed_dim + 3 * embed_dim + hint_dim)
         from llmsched_env.observation import SLOT_FEATURES
         if num_features != len(SLOT_FEATURES):
             raise ValueError(f"num_features={num_features} but the env has {len(SLOT_FEATURES)} slot features")
@@ -121,36 +123,47 @@ class SlotSetExtractor(BaseFeaturesExtractor):
         mean = e.sum(1) / n
         mx = e.masked_fill(~present.unsqueeze(-1), -1e4).amax(1)
         mx = th.where(present.any(1, keepdim=True), mx, th.zeros_like(mx))
+        if self.hinted:  # passed through for the action head's prior
+            return th.cat([e.flatten(1), g, mean, mx, obs["hint_slots"], obs["hint_budget"]], dim=1)
         return th.cat([e.flatten(1), g, mean, mx], dim=1)
 
 
 class SlotActionHead(nn.Module):
-    """[e_1..e_K, c] -> [logits of slot 1 (A) .. slot K (A), budget logits (B)]."""
+    """[e_1..e_K, c(, hint)] -> [logits of slot 1 (A) .. slot K (A), budget logits (B)].
 
-    def __init__(self, K: int, D: int, num_choices: int, num_budgets: int, hidden: int):
+    With ``hint_prior`` = beta > 0 (a hinted observation), the logits are beta x the hint's
+    one-hot plus the network's output: a residual policy whose mode is the heuristic's proposal
+    until the learned correction outweighs beta somewhere, and whose sampled deviations (the
+    exploration) have probability about exp(-beta) per alternative at the start."""
+
+    def __init__(self, K: int, D: int, num_choices: int, num_budgets: int, hidden: int, hint_prior: float = 0.0):
         super().__init__()
-        self.K, self.D = K, D
+        self.K, self.D, self.A = K, D, num_choices
+        self.hint_prior = float(hint_prior)
         self.slot = nn.Sequential(_mlp([4 * D, hidden]), nn.Linear(hidden, num_choices))
         self.budget = nn.Sequential(_mlp([3 * D, hidden]), nn.Linear(hidden, num_budgets))
 
     def forward(self, latent: th.Tensor) -> th.Tensor:
         K, D = self.K, self.D
         e = latent[:, :K * D].reshape(-1, K, D)
-        c = latent[:, K * D:]
+        c = latent[:, K * D:K * D + 3 * D]
         per_slot = self.slot(th.cat([e, c.unsqueeze(1).expand(-1, K, -1)], dim=-1))   # (N, K, A)
-        return th.cat([per_slot.flatten(1), self.budget(c)], dim=1)
+        logits = th.cat([per_slot.flatten(1), self.budget(c)], dim=1)
+        if self.hint_prior:
+            logits = logits + self.hint_prior * latent[:, K * D + 3 * D:]
+        return logits
 
 
 class ContextValueHead(nn.Module):
-    """[e_1..e_K, c] -> V(s) from the context c only (invariant to slot order)."""
+    """[e_1..e_K, c(, hint)] -> V(s) from the context c only (invariant to slot order)."""
 
     def __init__(self, K: int, D: int, hidden: int):
         super().__init__()
-        self.start = K * D
+        self.start, self.stop = K * D, K * D + 3 * D
         self.net = nn.Sequential(_mlp([3 * D, hidden, hidden]), nn.Linear(hidden, 1))
 
     def forward(self, latent: th.Tensor) -> th.Tensor:
-        return self.net(latent[:, self.start:])
+        return self.net(latent[:, self.start:self.stop])
 
 
 class SlotSetPolicy(MaskableActorCriticPolicy):
@@ -158,31 +171,36 @@ class SlotSetPolicy(MaskableActorCriticPolicy):
 
     Extra keyword arguments (``policy_kwargs``): ``embed_dim`` (D, 64), ``num_heads`` (4),
     ``attention`` (True), ``head_hidden`` (hidden units of the heads, 64), ``num_features`` (F,
-    required: ``len(llmsched_env.observation.SLOT_FEATURES)``). The action space must be
+    required: ``len(llmsched_env.observation.SLOT_FEATURES)``), ``hint_prior`` (beta of
+    ``SlotActionHead``, 0 = none; needs a hinted observation). The action space must be
     ``MultiDiscrete([A] * K + [B])``.
     """
 
     def __init__(self, observation_space, action_space, lr_schedule, *, num_features: int,
                  embed_dim: int = 64, num_heads: int = 4, attention: bool = True, head_hidden: int = 64,
-                 **kwargs):
+                 hint_prior: float = 0.0, **kwargs):
         nvec = np.asarray(action_space.nvec)
         if len(nvec) < 2 or len(set(nvec[:-1].tolist())) != 1:
             raise ValueError(f"SlotSetPolicy needs MultiDiscrete([A]*K + [B]); got nvec={nvec.tolist()}")
         self._A, self._B = int(nvec[0]), int(nvec[-1])
         self._head_hidden = head_hidden
+        if hint_prior and "hint_slots" not in observation_space.spaces:
+            raise ValueError(f"hint_prior={hint_prior} needs an observation with a heuristic hint "
+                             "(a scenario with hint=..., e.g. train/ppo.py --hint slai)")
+        self._hint_prior = float(hint_prior)
         kwargs.setdefault("net_arch", dict(pi=[], vf=[]))
         kwargs["features_extractor_class"] = SlotSetExtractor
         kwargs["features_extractor_kwargs"] = dict(num_features=num_features, embed_dim=embed_dim,
                                                    num_heads=num_heads, attention=attention)
         self._set_kwargs = dict(num_features=num_features, embed_dim=embed_dim, num_heads=num_heads,
-                                attention=attention, head_hidden=head_hidden)
+                                attention=attention, head_hidden=head_hidden, hint_prior=float(hint_prior))
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def _build(self, lr_schedule) -> None:
         self.action_dist = SlotCategoricalDistribution(self.action_space.nvec)
         super()._build(lr_schedule)
         fe = self.features_extractor
-        self.action_net = SlotActionHead(fe.K, fe.D, self._A, self._B, self._head_hidden)
+        self.action_net = SlotActionHead(fe.K, fe.D, self._A, self._B, self._head_hidden, self._hint_prior)
         self.value_net = ContextValueHead(fe.K, fe.D, self._head_hidden)
         if self.ortho_init:
             self.action_net.apply(lambda m: self.init_weights(m, gain=np.sqrt(2)))

@@ -123,3 +123,26 @@ def test_advisor_without_expressible_proposal_gives_none():
     eng = _engine_with_queue(512)
     _, action = adv.propose(eng, [eng.requests[0], eng.requests[1]])
     assert action is None
+
+
+def test_residual_policy_starts_as_the_hint_and_needs_one():
+    """A fresh SlotSetPolicy with hint_prior acts exactly as the hinted heuristic (its learned part
+    starts near zero); hint_prior without a hint in the observation is refused."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from train.ppo import Args, build_model, parse_args
+
+    env = ServingEnv("default", hint="slai", num_slots=48, waiting_slots=24)
+    a = parse_args(["--hint", "slai", "--hint-prior", "5", "--embed-dim", "16", "--head-hidden", "16",
+                    "--num-heads", "2", "--num-slots", "48", "--waiting-slots", "24"])
+    model = build_model(a, DummyVecEnv([lambda: env]), {})
+    obs, _ = env.reset(seed=4)
+    for _ in range(150):
+        act, _ = model.policy.predict(obs, deterministic=True, action_masks=env.action_masks())
+        assert np.array_equal(act, env.hint_action)
+        obs, *_ = env.step(act)
+    with pytest.raises(SystemExit, match="hint_prior"):
+        parse_args(["--hint-prior", "5"])
+    plain = ServingEnv("default")
+    with pytest.raises(ValueError, match="hint"):
+        build_model(Args(hint_prior=5.0, embed_dim=16, head_hidden=16, num_heads=2), DummyVecEnv([lambda: plain]), {})

@@ -82,9 +82,10 @@ def policies(tmp_path_factory):
     model = build_model(parse_args(SMALL), venv, {})
     imitate(model.policy, "sarathi", steps=10)
     out = {"set": _save(model, parse_args(SMALL), root / "set")}
-    hinted = build_model(parse_args(SMALL + ["--hint", "slai"]), DummyVecEnv([lambda: ServingEnv("default", hint="slai")]), {})
-    imitate(hinted.policy, "slai", steps=10, hint="slai")
-    out["set_hint"] = _save(hinted, parse_args(SMALL + ["--hint", "slai"]), root / "set_hint", overrides={"hint": "slai"})
+    hint_args = parse_args(SMALL + ["--hint", "slai", "--hint-prior", "2"])
+    hinted = build_model(hint_args, DummyVecEnv([lambda: ServingEnv("default", hint="slai")]), {})
+    imitate(hinted.policy, "sarathi", steps=10, hint="slai")  # departs from the hint in places
+    out["set_hint"] = _save(hinted, hint_args, root / "set_hint", overrides={"hint": "slai"})
     mlp = MaskablePPO("MultiInputPolicy", venv, policy_kwargs=dict(net_arch=[32, 32]), seed=4, device="cpu")
     rng = np.random.default_rng(5)
     K_F, G = venv.observation_space["slots"].shape[0], venv.observation_space["global"].shape[0]

@@ -96,6 +96,9 @@ class Args:
     """set: one attention layer across slots (else pooling only)"""
     head_hidden: int = 64
     """set: hidden units of the per-slot, budget and value heads"""
+    hint_prior: float = 0.0
+    """set with --hint: beta, the hint's one-hot x beta is added to the logits (residual policy;
+    the mode is the heuristic's proposal until the learned correction outweighs beta); 0 = off"""
     mlp_arch: str = "256,256"
     """mlp: hidden layer sizes"""
     # --- PPO
@@ -127,6 +130,9 @@ class Args:
     """epochs over all data after each DAgger round"""
     bc_lr: float = 1e-3
     bc_batch_size: int = 256
+    bc_policy_loss: bool = True
+    """fit the policy to the heuristic's actions; false = fit only the value head (with a
+    --hint-prior residual policy, which already acts as the heuristic)"""
     # --- evaluation
     reference: str = "slai"
     """heuristic shown next to the policy (TensorBoard ref/*, final table)"""
@@ -239,6 +245,8 @@ def check_args(a: Args) -> None:
         errs.append(f"lr_schedule={a.lr_schedule!r}: choose linear or constant")
     if not (0 < a.gamma <= 1 and 0 <= a.gae_lambda <= 1):
         errs.append(f"gamma={a.gamma} must be in (0, 1] and gae_lambda={a.gae_lambda} in [0, 1]")
+    if a.hint_prior < 0 or (a.hint_prior and (a.hint is None or a.policy != "set")):
+        errs.append(f"hint_prior={a.hint_prior} needs --hint HEURISTIC and --policy set, and must be >= 0")
     if a.learning_rate <= 0 or a.bc_lr <= 0:
         errs.append("learning_rate and bc_lr must be > 0")
     if a.lam is not None and a.lam < 0:
@@ -272,7 +280,7 @@ def build_model(a: Args, venv, overrides: dict):
     if a.policy == "set":
         policy_cls = SlotSetPolicy
         policy_kwargs = dict(num_features=len(SLOT_FEATURES), embed_dim=a.embed_dim, num_heads=a.num_heads,
-                             attention=a.attention, head_hidden=a.head_hidden)
+                             attention=a.attention, head_hidden=a.head_hidden, hint_prior=a.hint_prior)
     else:
         policy_cls = FastMaskableMultiInputPolicy
         sizes = [int(x) for x in a.mlp_arch.split(",") if x.strip()]
@@ -317,7 +325,7 @@ def behaviour_cloning(a: Args, model, overrides: dict, logger, console) -> dict:
                 nll = -logp.mean()
                 vloss = th.nn.functional.mse_loss(values.flatten(), th.as_tensor(rets[idx]))
                 opt.zero_grad()
-                (nll + a.vf_coef * vloss).backward()
+                ((nll if a.bc_policy_loss else 0.0) + a.vf_coef * vloss).backward()
                 th.nn.utils.clip_grad_norm_(pol.parameters(), a.max_grad_norm)
                 opt.step()
                 with th.no_grad():
