@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python train/ppo.py
+	$(BIN)/python train/ppo.py --config train/configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests

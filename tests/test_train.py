@@ -4,6 +4,7 @@ Runs are tiny (a few hundred env steps): this checks the plumbing, not learning.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,21 @@ def test_bad_arguments_fail_at_once(capsys):
         parse_args(["--n-envs", "two"])
     with pytest.raises(SystemExit, match="bc_heuristic='nosuch'"):
         parse_args(["--bc-heuristic", "nosuch"])
+    with pytest.raises(SystemExit, match="hint='nosuch'"):
+        parse_args(["--hint", "nosuch"])
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parent.parent / "train" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_checked_in_configs_are_valid_and_build_their_env(config):
+    """Every config under train/configs parses, and its overrides build an env whose engine is
+    the scenario's own (a wider slot window must not change the engine the policy is judged on)."""
+    from agents.rollout import scenario_overrides
+    from llmsched_env import ServingEnv
+    a = parse_args(["--config", str(config)])
+    env = ServingEnv(a.scenario, **scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint,
+                                                      num_slots=a.num_slots, waiting_slots=a.waiting_slots))
+    assert env.engine_config == ServingEnv(a.scenario).engine_config
 
 
 def test_config_file_and_flags(tmp_path):
