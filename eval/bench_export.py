@@ -31,14 +31,17 @@ def fresh_policy(out: Path) -> Path:
     """A randomly initialised SlotSetPolicy with train/configs/default.yaml's sizes, saved."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    from agents.rollout import scenario_overrides
     from llmsched_env import ServingEnv
-    from train.ppo import build_model, parse_args, save_policy
+    from train.ppo import build_model, overrides_desc, parse_args, save_policy
     a = parse_args(["--config", str(Path(__file__).resolve().parent.parent / "train/configs/default.yaml")])
-    model = build_model(a, DummyVecEnv([lambda: ServingEnv(a.scenario)]), {})
-    return save_policy(a, model, out, {}, {})
+    kw = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint, num_slots=a.num_slots,
+                            waiting_slots=a.waiting_slots)
+    model = build_model(a, DummyVecEnv([lambda: ServingEnv(a.scenario, **kw)]), {})
+    return save_policy(a, model, out, overrides_desc(a), {})
 
 
-def busy_engine(seed: int = 0, num_slots: int = 32):
+def busy_engine(seed: int = 0, num_slots: int = 48):
     """An engine mid-run with at least ``num_slots`` + 8 requests resident or waiting (the
     ``heavy`` scenario's workload at 15 requests/s, 8192 KV blocks, as tests/benchmarks/test_env_speed.py)."""
     from llmsched_env import Engine, ServingEnv, get_scenario, make_scheduler
