@@ -14,8 +14,11 @@ Steps, top to bottom:
   2. build ``n_envs`` environments in subprocesses (``SubprocVecEnv``) and the policy:
      ``set`` = agents.policy_net.SlotSetPolicy (per-slot encoder + attention, per-slot logits) or
      ``mlp`` = a plain MLP on the flattened observation;
-  3. optional warm start: behaviour cloning of ``bc_heuristic`` (its plans encoded as actions by
-     ``ServingEnv.encode_plan``), value head fitted to the demonstrations' discounted returns;
+  3. optional warm start: behaviour cloning of ``bc_heuristic`` (its plans as canonical actions,
+     ``llmsched_env.advice.HeuristicAdvisor``), value head fitted to the demonstrations'
+     discounted returns (``--no-bc-policy-loss``: the value head only). With ``--hint`` the
+     observation also shows a heuristic's proposal, and ``--hint-prior`` makes the policy a
+     residual on it (the shipped recipe, train/configs/default.yaml);
   4. PPO, with TensorBoard scalars (names in the README, "Training"), a rich progress bar,
      periodic deterministic evaluation against the reference heuristic on validation seeds,
      and checkpoints from which ``--resume`` continues bit for bit;
