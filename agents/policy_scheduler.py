@@ -143,10 +143,10 @@ class SlotPolicyScheduler:
         lo = self.layout
         slots = assign_slots(engine, lo.num_slots)
         self._has_pred = self._has_pred or any(r.predicted_output_len is not None for r in slots)
-        obs = self.observer.encode(engine, slots, self.reward.alive, self._steps, self.layout.max_steps,
+        obs = self.observer.encode(engine, slots, self.reward.alive, self._steps, lo.max_steps,
                                    engine.num_requests, self._has_pred)
         if self.advisor is not None:
-            _, hint = self.advisor.propose(engine, slots)
+            hint = self.advisor.propose(engine, slots)
             if hint is not None and self._budget_map is not None:  # the decoder's level -> the policy's
                 hint = hint.copy()
                 hint[-1] = int(np.argmax(self._budget_map == hint[-1]))

@@ -112,13 +112,20 @@ def heuristic_episode(env: ServingEnv, spec: str, seed: int) -> dict:
                 row["via"] = "env"
                 return row
     except NotExpressible:
-        m = run(Engine(env.specs, env.engine_config, env.cost_model), make_scheduler(name, **opts),
-                max_steps=env.scenario.max_steps)  # truncated where the env would truncate
-        gpu = -env.scenario.lam * m["gpu_busy_s"]
-        row = metrics_row({"metrics": m, "return_slo": float(m["num_slo_met"]), "return_gpu": gpu,
-                           "repair_totals": {}}, m["num_slo_met"] + gpu)
-        row["via"] = "direct"
-        return row
+        return direct_row(env, make_scheduler(name, **opts))
+
+
+def direct_row(env: ServingEnv, sched) -> dict:
+    """The metrics row of ``sched`` run directly on the engine over the env's current workload
+    (the last ``reset``), truncated where the env would truncate; return = met - lambda x GPU-s,
+    exactly what the env would pay; ``repairs`` 0; ``via`` = "direct"."""
+    sched.reset()
+    m = run(Engine(env.specs, env.engine_config, env.cost_model), sched, max_steps=env.scenario.max_steps)
+    gpu = -env.scenario.lam * m["gpu_busy_s"]
+    row = metrics_row({"metrics": m, "return_slo": float(m["num_slo_met"]), "return_gpu": gpu,
+                       "repair_totals": {}}, m["num_slo_met"] + gpu)
+    row["via"] = "direct"
+    return row
 
 
 def parse_heuristic(spec: str) -> tuple[str, dict]:
@@ -153,7 +160,7 @@ def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
         advisor.reset()
         obs, _ = env.reset(seed=seed)
         while True:
-            _, a = advisor.propose(env.engine, env.slots)
+            a = advisor.propose(env.engine, env.slots)
             if a is None and act is None:
                 break
             mask = env.action_masks().copy()

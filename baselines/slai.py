@@ -69,6 +69,11 @@ class SLAIScheduler:
     def mean_batch_s(self) -> float:
         return sum(self._batch_times) / len(self._batch_times) if self._batch_times else 0.0
 
+    def admission_key(self, req, now: float) -> tuple:
+        """Order of new admissions (rule 3): tier (priority value), then shortest prefill, then
+        arrival. ``now`` (seconds) is for variants whose order depends on time."""
+        return (req.priority, req.prefill_target, req.arrival_s, req.rid)
+
     def schedule(self, engine):
         latency = engine.busy_s - self._last_busy
         self._last_busy = engine.busy_s
@@ -109,7 +114,7 @@ class SLAIScheduler:
             promised = int(self.kv_reserve * cfg.num_kv_blocks) if running else 0
             for r in prefills:
                 promised += max(0, -(-r.prefill_target // bs) - -(-(r.num_computed + b.tokens.get(r.rid, 0)) // bs))
-            for req in sorted(engine.iter_waiting(), key=lambda r: (r.priority, r.prefill_target, r.arrival_s, r.rid)):
+            for req in sorted(engine.iter_waiting(), key=lambda r: self.admission_key(r, now)):
                 if b.budget <= 0:
                     break
                 n = b.chunk(req)

@@ -18,26 +18,19 @@ from baselines.slai import SLAIScheduler  # noqa: E402
 
 class SlaiDeferLate(SLAIScheduler):
     """slai, but a waiting request with no first token and its TTFT target passed is admitted
-    only after every other waiting request (its priority is raised by 100 for the sort)."""
+    only after every other waiting request."""
 
-    def schedule(self, engine):
-        now = engine.now_s
-        late = [r for r in engine.iter_waiting() if not r.token_times and now > r.arrival_s + r.ttft_slo_s]
-        for r in late:
-            r.priority += 100
-        try:
-            return super().schedule(engine)
-        finally:
-            for r in late:
-                r.priority -= 100
+    def admission_key(self, req, now: float) -> tuple:
+        late = not req.token_times and now > req.arrival_s + req.ttft_slo_s
+        return (late, *super().admission_key(req, now))
 
 
 def main(argv=None) -> None:
     import numpy as np
 
-    from agents.rollout import metrics_row
+    from agents.rollout import direct_row
     from eval.stats import t_interval
-    from llmsched_env import Engine, ServingEnv, run
+    from llmsched_env import ServingEnv
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=20)
@@ -48,10 +41,7 @@ def main(argv=None) -> None:
     for seed in range(a.seed, a.seed + a.episodes):
         env.reset(seed=seed)
         for name, sched in (("slai", SLAIScheduler()), ("slai, defer late", SlaiDeferLate())):
-            m = run(Engine(env.specs, env.engine_config, env.cost_model), sched, max_steps=env.scenario.max_steps)
-            gpu = -env.scenario.lam * m["gpu_busy_s"]
-            rows[name].append(metrics_row({"metrics": m, "return_slo": float(m["num_slo_met"]), "return_gpu": gpu,
-                                           "repair_totals": {}}, m["num_slo_met"] + gpu))
+            rows[name].append(direct_row(env, sched))
     for name, rs in rows.items():
         print(f"{name:18s} return {np.mean([r['return'] for r in rs]):7.2f}  "
               f"SLO attainment {np.mean([r['slo_attainment'] for r in rs]):.3f}")

@@ -74,9 +74,9 @@ class HeuristicAdvisor:
         self.scheduler = make_scheduler(self._name, **self._options)
         self.scheduler.reset()
 
-    def propose(self, engine, slots: list) -> tuple[BatchPlan, Optional[np.ndarray]]:
-        """(the heuristic's plan, the canonical action closest to it or None). Call once per
-        engine step: stateful heuristics update themselves from the engine on every call."""
+    def propose(self, engine, slots: list) -> Optional[np.ndarray]:
+        """The canonical action closest to the heuristic's plan, or None. Call once per engine
+        step: stateful heuristics update themselves from the engine on every call."""
         dec = self.decoder
         plan = self.scheduler.schedule(engine)
         try:
@@ -84,8 +84,8 @@ class HeuristicAdvisor:
         except NotExpressible:
             action = self._window_action(engine, slots, plan)
             if action is None:
-                return plan, None
-        return plan, dec.widen_fills(engine, slots, action)
+                return None
+        return dec.widen_fills(engine, slots, action)
 
     def _window_action(self, engine, slots, plan) -> Optional[np.ndarray]:
         dec = self.decoder

@@ -200,7 +200,7 @@ class ServingEnv(gym.Env):
         obs = self.observer.encode(self.engine, self._slots, self.reward_fn.alive, self._steps,
                                    self.scenario.max_steps, len(self.specs), self._has_pred)
         if self.advisor is not None:
-            _, self._hint = self.advisor.propose(self.engine, self._slots)
+            self._hint = self.advisor.propose(self.engine, self._slots)
             nvec = self.decoder.nvec
             obs["hint_slots"], obs["hint_budget"] = hint_features(self._hint, self.scenario.num_slots,
                                                                   int(nvec[0]), int(nvec[-1]))

@@ -121,7 +121,7 @@ def test_advisor_without_expressible_proposal_gives_none():
     adv = HeuristicAdvisor("slai", dec)
     adv.scheduler = Odd()
     eng = _engine_with_queue(512)
-    _, action = adv.propose(eng, [eng.requests[0], eng.requests[1]])
+    action = adv.propose(eng, [eng.requests[0], eng.requests[1]])
     assert action is None
 
 
