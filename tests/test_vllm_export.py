@@ -3,17 +3,10 @@ a server chooses it: ``LLMSCHED_POLICY=onnx:DIR``. Needs the ``vllm`` extra (``m
 test-vllm``); skipped otherwise, like tests/test_vllm_hook.py."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
-os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-if os.environ.get("LLMSCHED_REQUIRE_VLLM"):  # make test-vllm: a missing vLLM is a failure
-    import vllm.v1.core.sched.scheduler  # noqa: F401
-pytest.importorskip(
-    "vllm.v1.core.sched.scheduler",
-    reason="vLLM is not installed: run `make test-vllm` (installs the .[vllm] extra and vllm "
-           "0.33.0 with --no-deps via scripts/install_vllm.sh)")
+import tests.vllm_required  # noqa: E402,F401  (skips this module without vLLM)
 
 import torch as th  # noqa: E402
 
