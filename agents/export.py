@@ -44,6 +44,7 @@ def build_manifest(pol, layout, sha256: str, opset: int, torch_version: str) -> 
     """The manifest of an export of ``pol`` (agents.loader.LoadedPolicy)."""
     import llmsched_env
     from llmsched_env.action import CHOICE_NAMES
+    from llmsched_env.veto import VETO_CHOICES
     from llmsched_env.observation import CLIP, GLOBAL_FEATURES, GLOBAL_SCALES, SLOT_FEATURES, SLOT_SCALES
 
     from .onnx_runtime import FORMAT, FORMAT_VERSION, MODEL, io_spec
@@ -71,14 +72,17 @@ def build_manifest(pol, layout, sha256: str, opset: int, torch_version: str) -> 
                                                          "clip_obs": norm.get("clip_obs", 10.0)}},
         "action": {
             "nvec": list(layout.nvec),
-            "choices": list(CHOICE_NAMES) + [f"chunk{c}" for c in sorted(layout.chunk_sizes)],
+            "veto": layout.veto,
+            "choices": list(VETO_CHOICES) if layout.veto else
+            list(CHOICE_NAMES) + [f"chunk{c}" for c in sorted(layout.chunk_sizes)],
             "chunk_sizes": sorted(layout.chunk_sizes), "budget_levels": list(layout.budget_levels),
             "waiting_slots": layout.waiting_slots,
             "max_running": "min(engine max_num_seqs, num_slots - waiting_slots)",
             "slot_assignment": "llmsched_env.observation.assign_slots: running requests in admission "
                                "order, then waiting requests in queue order, at most K",
             "mask_layout": "K blocks of A per-slot choices, then the budget levels; True = allowed",
-            "decoder": "llmsched_env.action.ActionDecoder",
+            "decoder": "llmsched_env.veto.VetoDecoder: the veto heuristic plans without the vetoed waiting "
+                       "requests" if layout.veto else "llmsched_env.action.ActionDecoder",
             "deterministic": "per dimension argmax of the masked logits' log-softmax (first on ties)"},
         "scenario": {"name": pol.scenario_name, "overrides": pol.meta.get("overrides") or {},
                      "lam": layout.lam, "max_steps": layout.max_steps},

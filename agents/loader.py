@@ -69,7 +69,7 @@ class LoadedPolicy:
         from agents.rollout import scenario_overrides
         o = self.meta.get("overrides") or {}
         return scenario_overrides(o.get("lam"), o.get("slo_ttft_s"), o.get("slo_tbt_s"), self.scenario_name,
-                                  hint=o.get("hint"), num_slots=o.get("num_slots"),
+                                  hint=o.get("hint"), veto=o.get("veto"), num_slots=o.get("num_slots"),
                                   waiting_slots=o.get("waiting_slots"))
 
     def layout(self) -> PolicyLayout:

@@ -110,7 +110,7 @@ def check_manifest(m: dict, where: str = MANIFEST) -> PolicyLayout:
         K, F, G = ob["num_slots"], ob["num_slot_features"], ob["num_global_features"]
         layout = PolicyLayout(int(K), int(ac["waiting_slots"]), tuple(ac["chunk_sizes"]),
                               tuple(ac["budget_levels"]), int(sc["max_steps"]), float(sc["lam"]),
-                              tuple(int(n) for n in ac["nvec"]), ob.get("hint"))
+                              tuple(int(n) for n in ac["nvec"]), ob.get("hint"), ac.get("veto"))
         slot_f, glob_f = list(ob["slot_features"]), list(ob["global_features"])
         declared = {"inputs": model["inputs"], "outputs": model["outputs"]}
     except (KeyError, TypeError, ValueError) as e:
@@ -125,7 +125,11 @@ def check_manifest(m: dict, where: str = MANIFEST) -> PolicyLayout:
                           f"and {len(glob_f)} feature names are listed")
     A = CHUNK0 + len(set(layout.chunk_sizes))
     nvec = list(layout.nvec)
-    if nvec[:-1] != [A] * K or not 1 <= nvec[-1] <= len(layout.budget_levels):
+    if layout.veto is not None:
+        if nvec != [2] * K + [1]:
+            raise ExportError(f"{where}: a veto policy (over {layout.veto!r}) has nvec [2] * K + [1] with "
+                              f"K={K}, not {nvec}; re-export the policy")
+    elif nvec[:-1] != [A] * K or not 1 <= nvec[-1] <= len(layout.budget_levels):
         raise ExportError(f"{where}: action nvec {nvec} does not match K={K} slots of {A} choices "
                           f"(4 + chunk sizes {list(layout.chunk_sizes)}) plus up to "
                           f"{len(layout.budget_levels)} budget levels")

@@ -24,6 +24,7 @@ from llmsched_env.advice import HeuristicAdvisor, hint_features
 from llmsched_env.observation import ObservationEncoder, assign_slots
 from llmsched_env.plan import BatchPlan
 from llmsched_env.reward import SLOReward
+from llmsched_env.veto import VetoDecoder
 
 from .vllm_adapter import OracleUnavailable
 
@@ -53,6 +54,7 @@ class PolicyLayout:
         nvec: the policy's action sizes, MultiDiscrete ([4 + chunk sizes] * K + [budget levels
             as the training engine resolved them]).
         hint: the heuristic whose proposal the observation shows (``llmsched_env.advice``), or None.
+        veto: the heuristic whose admissions the action vetoes (``llmsched_env.veto``), or None.
     """
     num_slots: int
     waiting_slots: int
@@ -62,11 +64,12 @@ class PolicyLayout:
     lam: float
     nvec: tuple
     hint: Optional[str] = None
+    veto: Optional[str] = None
 
     @classmethod
     def from_scenario(cls, sc, nvec) -> "PolicyLayout":
         return cls(sc.num_slots, sc.waiting_slots, tuple(sc.chunk_sizes), tuple(sc.budget_levels),
-                   sc.max_steps, float(sc.lam), tuple(int(n) for n in nvec), sc.hint)
+                   sc.max_steps, float(sc.lam), tuple(int(n) for n in nvec), sc.hint, sc.veto)
 
 
 class SlotPolicyScheduler:
@@ -91,8 +94,11 @@ class SlotPolicyScheduler:
         lo, cfg = self.layout, engine.config
         K = lo.num_slots
         max_running = min(cfg.max_num_seqs, K - lo.waiting_slots)
-        self.decoder = ActionDecoder(K, lo.chunk_sizes, lo.budget_levels, cfg.max_num_batched_tokens,
-                                     cfg.block_size, max_running, cfg.num_kv_blocks)
+        if lo.veto is not None:
+            self.decoder = VetoDecoder(lo.veto, K, max_running)
+        else:
+            self.decoder = ActionDecoder(K, lo.chunk_sizes, lo.budget_levels, cfg.max_num_batched_tokens,
+                                         cfg.block_size, max_running, cfg.num_kv_blocks)
         self._budget_map = self._map_budget_levels(cfg.max_num_batched_tokens)
         self.observer = ObservationEncoder(K, cfg.num_kv_blocks, max_running, cfg.max_num_batched_tokens)
         # its ``alive`` bookkeeping feeds slo_alive

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import gymnasium as gym
@@ -28,15 +29,16 @@ METRIC_KEYS = ("return", "return_slo", "return_gpu", "slo_attainment", "ttft_p99
 
 def scenario_overrides(lam: Optional[float] = None, slo_ttft_s: Optional[float] = None,
                        slo_tbt_s: Optional[float] = None, scenario: str = "default", *,
-                       hint: Optional[str] = None, num_slots: Optional[int] = None,
-                       waiting_slots: Optional[int] = None) -> dict:
+                       hint: Optional[str] = None, veto: Optional[str] = None,
+                       num_slots: Optional[int] = None, waiting_slots: Optional[int] = None) -> dict:
     """ServingEnv keyword overrides (None = the scenario's): lambda, the SLO targets
     (``slo_ttft_s`` / ``slo_tbt_s`` set the targets of every SLO tier, seconds), and the agent's
-    side of the interface: the heuristic ``hint`` in the observation and the slot window
+    side of the interface: the heuristic ``hint`` in the observation, the heuristic whose admissions
+    a ``veto`` action controls (``llmsched_env.veto``), and the slot window
     (``num_slots`` K, ``waiting_slots``), which leave the engine and the workloads as they are
     as long as K - waiting_slots stays the scenario's."""
-    out: dict = {k: v for k, v in (("hint", hint), ("num_slots", num_slots), ("waiting_slots", waiting_slots))
-                 if v is not None}
+    out: dict = {k: v for k, v in (("hint", hint), ("veto", veto), ("num_slots", num_slots),
+                                   ("waiting_slots", waiting_slots)) if v is not None}
     if lam is not None:
         out["lam"] = float(lam)
     if slo_ttft_s is not None or slo_tbt_s is not None:
@@ -97,11 +99,14 @@ def heuristic_episode(env: ServingEnv, spec: str, seed: int) -> dict:
     ``seed``, through env actions (``encode_plan``); if one of its plans admits a request beyond
     the K slots (no action can say that), the same workload is run directly on the engine and the
     row built from its metrics (return = met - lambda x GPU-s, exactly what the env would pay;
-    ``repairs`` 0)."""
+    ``repairs`` 0). On a veto scenario (its action cannot express another scheduler's plan) every
+    episode is run directly."""
     name, opts = parse_heuristic(spec)
     sched = make_scheduler(name, **opts)
     sched.reset()
     env.reset(seed=seed)
+    if env.scenario.veto is not None:
+        return direct_row(env, sched)
     ret = 0.0
     try:
         while True:
@@ -150,9 +155,19 @@ def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
     express at all ends that episode's data. With ``act`` (DAgger) the env is driven by
     ``act(obs, mask)`` and the heuristic only labels the states the policy visits (valid for
     heuristics whose plan depends on the engine state alone, like slai, sarathi, vllm-v1); a
-    state it cannot express is left unlabelled."""
+    state it cannot express is left unlabelled.
+
+    On a veto scenario (``llmsched_env.veto``) the only heuristic a policy can imitate is the one
+    it vetoes over, and its label is the all-admit action."""
     name, opts = parse_heuristic(spec)
-    advisor = HeuristicAdvisor(name, env.decoder, opts)
+    if env.scenario.veto is not None:
+        if spec != env.scenario.veto:
+            raise ValueError(f"a veto policy over {env.scenario.veto!r} can only imitate that heuristic "
+                             f"(never vetoing), not {spec!r}")
+        advisor = SimpleNamespace(reset=lambda: None,
+                                  propose=lambda engine, slots: np.zeros(len(env.decoder.nvec), dtype=np.int64))
+    else:
+        advisor = HeuristicAdvisor(name, env.decoder, opts)
     obs_rows: dict[str, list] = {}
     masks, acts, rets = [], [], []
     for seed in seeds:

@@ -8,8 +8,9 @@ Every scheduler plays the same workloads: reset seeds seed .. seed + episodes - 
 scenario (held out: training draws its workloads from the env's own RNG, imitation uses reset
 seeds from 1,000,000, validation 5,000..). The policy acts deterministically through the env; a
 heuristic acts through ``encode_plan`` (or, in an episode where it admits beyond the K slots, runs
-directly on the same workload; ``agents.rollout.heuristic_episode``). For each heuristic the table
-gives its means and the paired difference policy - heuristic of the return (SLO - lambda GPU-s)
+directly on the same workload; ``agents.rollout.heuristic_episode``; for a policy whose action
+vetoes a heuristic's admissions, ``llmsched_env.veto``, every heuristic episode runs directly,
+on the same engine and workload). For each heuristic the table gives its means and the paired difference policy - heuristic of the return (SLO - lambda GPU-s)
 and of SLO attainment, mean and 95% t-interval over the episodes. The goal row: the best
 heuristic by mean SLO attainment.
 """

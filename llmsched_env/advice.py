@@ -7,8 +7,8 @@ starts from the heuristic's decision and learns where to depart from it).
 The proposal is the heuristic's own plan, encoded (``ActionDecoder.encode``). Two cases need more:
 
 * The plan admits a request beyond the K slots, which no action can say. The label is then the
-  plan of a copy of the heuristic run on ``WindowView`` (the waiting queue cut to the slotted
-  requests), else the plan cut to the slotted requests; if neither is expressible there is no
+  plan of a copy of the heuristic run on a ``QueueView`` whose waiting queue is cut to the
+  slotted requests, else the plan cut to the slotted requests; if neither is expressible there is no
   proposal (None).
 * Canonical form: a waiting request the heuristic left out only because nothing was left (no
   budget, no free KV or no free seat) gets FILL rather than HOLD when that changes nothing
@@ -24,29 +24,7 @@ import numpy as np
 
 from .action import ActionDecoder, NotExpressible
 from .plan import BatchPlan
-
-
-class WindowView:
-    """The engine as a scheduler would see it if the waiting queue held only the waiting requests
-    in the K slots (read-only; everything else is the engine's)."""
-
-    def __init__(self, engine, slots):
-        self._engine = engine
-        self._waiting = [r for r in slots if r.rid not in engine.running]
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def iter_waiting(self):
-        return iter(self._waiting)
-
-    @property
-    def waiting(self):
-        return list(self._waiting)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self._waiting)
+from .scheduler import QueueView
 
 
 class HeuristicAdvisor:
@@ -90,7 +68,8 @@ class HeuristicAdvisor:
     def _window_action(self, engine, slots, plan) -> Optional[np.ndarray]:
         dec = self.decoder
         try:
-            return dec.encode(engine, slots, copy.deepcopy(self.scheduler).schedule(WindowView(engine, slots)))
+            return dec.encode(engine, slots, copy.deepcopy(self.scheduler).schedule(
+                QueueView(engine, [r for r in slots if r.rid not in engine.running])))
         except NotExpressible:
             pass
         seen = {r.rid for r in slots}

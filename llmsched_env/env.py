@@ -19,6 +19,7 @@ from .presets import get_preset
 from .request import RUNNING, RequestSpec
 from .reward import SLOReward
 from .scenarios import Scenario, get_scenario
+from .veto import VetoDecoder
 from .workload import WorkloadConfig, build_workload
 
 # Timeline colours (RGB) of ``render_mode="rgb_array"``, by slot state.
@@ -55,6 +56,13 @@ class ServingEnv(gym.Env):
     that decodes to exactly it, when the plan's requests are in the K slots and at most one of its
     partial chunks is neither a chunk size nor the rest of a budget level (else
     ``NotExpressible`` says why); every registered baseline is tested this way.
+
+    With a scenario ``veto`` (a heuristic's name, e.g. ``"slai"``) the action is admission control
+    over that heuristic instead (``llmsched_env.veto``): ``MultiDiscrete([2] * K + [1])``, per slot
+    0 admit (the heuristic may admit the request) or 1 veto (it may not this step; waiting slots
+    only), and a one-valued global entry; the heuristic plans every step on the engine without
+    the vetoed requests, so the all-zero action is the heuristic exactly. ``encode_plan`` raises
+    ``NotExpressible`` there.
 
     ## Observation Space
     ``Dict(slots=Box(-10, 10, (K * F,), float32), global=Box(-10, 10, (G,), float32))``; ``slots``
@@ -127,8 +135,11 @@ class ServingEnv(gym.Env):
                                                   max_num_seqs=sc.max_num_seqs or max_running)
         self.cost_model = preset.cost_model
         cfg = self.engine_config
-        self.decoder = ActionDecoder(K, sc.chunk_sizes, sc.budget_levels, cfg.max_num_batched_tokens,
-                                     cfg.block_size, cfg.max_num_seqs, cfg.num_kv_blocks)
+        if sc.veto is not None:
+            self.decoder = VetoDecoder(sc.veto, K, cfg.max_num_seqs)
+        else:
+            self.decoder = ActionDecoder(K, sc.chunk_sizes, sc.budget_levels, cfg.max_num_batched_tokens,
+                                         cfg.block_size, cfg.max_num_seqs, cfg.num_kv_blocks)
         self.observer = ObservationEncoder(K, cfg.num_kv_blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.reward_fn = SLOReward(sc.lam, cfg.num_gpus)
         self.action_space = spaces.MultiDiscrete(self.decoder.nvec)
@@ -181,6 +192,8 @@ class ServingEnv(gym.Env):
         self.observer.reset()
         if self.advisor is not None:
             self.advisor.reset()
+        if isinstance(self.decoder, VetoDecoder):
+            self.decoder.reset()
         self._steps = 0
         self._done = False
         self._repair_totals = dict.fromkeys(REPAIRS, 0)
@@ -272,6 +285,8 @@ class ServingEnv(gym.Env):
 
     def decode_action(self, action) -> tuple[BatchPlan, dict]:
         """The plan (and repairs) an action would produce now, without stepping."""
+        if isinstance(self.decoder, VetoDecoder):
+            return self.decoder.decode(self.engine, self._slots, action, peek=True)
         return self.decoder.decode(self.engine, self._slots, action)
 
     def encode_plan(self, plan: BatchPlan) -> np.ndarray:

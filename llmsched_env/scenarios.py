@@ -61,6 +61,10 @@ class Scenario:
         hint: a heuristic scheduler spec (e.g. ``"slai"``) whose proposal for each step is part
             of the observation (keys ``hint_slots``, ``hint_budget``; ``llmsched_env.advice``),
             for residual learning: the policy sees what the heuristic would do. None = no hint.
+        veto: a heuristic scheduler spec (e.g. ``"slai"``) that plans every step, the action
+            saying only which slotted waiting requests it may not admit
+            (``llmsched_env.veto``: admission control over a heuristic). None = the per-slot
+            action of ``llmsched_env.action``.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Scenario:
     budget_levels: tuple[Optional[int], ...] = (256, 512, 1024, 2048, None)
     max_steps: int = 10_000
     hint: Optional[str] = None
+    veto: Optional[str] = None
 
     def check(self) -> None:
         """Raise ValueError naming every bad field."""
@@ -109,18 +114,13 @@ class Scenario:
                 errs.append(f"rate_range={self.rate_range!r} must satisfy 0 < low <= high")
         if self.max_num_seqs is not None and (not isinstance(self.max_num_seqs, int) or self.max_num_seqs < 1):
             errs.append(f"max_num_seqs={self.max_num_seqs!r} must be an integer >= 1")
-        if self.hint is not None:
-            from .scheduler import available_schedulers, is_heuristic, parse_spec
-            try:
-                name = parse_spec(self.hint)[0]
-                if name not in available_schedulers():
-                    errs.append(f"hint={self.hint!r}: unknown scheduler {name!r}; known: "
-                                f"{', '.join(available_schedulers())}")
-                elif not is_heuristic(name):
-                    errs.append(f"hint={self.hint!r} must name a heuristic scheduler (not a learned "
-                                "policy or the optimal replay)")
-            except ValueError as e:
-                errs.append(f"hint={self.hint!r}: {e}")
+        for field_name in ("hint", "veto"):
+            spec = getattr(self, field_name)
+            if spec is not None:
+                errs.extend(_heuristic_spec_errors(field_name, spec))
+        if self.hint is not None and self.veto is not None:
+            errs.append(f"hint={self.hint!r} and veto={self.veto!r} cannot be combined: the hint "
+                        "encodes a proposal in the per-slot action, which a veto scenario does not use")
         if not isinstance(self.workload, WorkloadConfig):
             errs.append(f"workload must be a WorkloadConfig, not {type(self.workload).__name__}")
         if errs:
@@ -132,6 +132,20 @@ class Scenario:
             raise TypeError(f"unknown scenario field(s) {sorted(unknown)}; known: "
                             f"{sorted(self.__dataclass_fields__)}")
         return replace(self, **kw)
+
+
+def _heuristic_spec_errors(field_name: str, spec) -> list[str]:
+    """Why ``spec`` cannot name a heuristic scheduler (empty when it can)."""
+    from .scheduler import available_schedulers, is_heuristic, parse_spec
+    try:
+        name = parse_spec(spec)[0]
+    except ValueError as e:
+        return [f"{field_name}={spec!r}: {e}"]
+    if name not in available_schedulers():
+        return [f"{field_name}={spec!r}: unknown scheduler {name!r}; known: {', '.join(available_schedulers())}"]
+    if not is_heuristic(name):
+        return [f"{field_name}={spec!r} must name a heuristic scheduler (not a learned policy or the optimal replay)"]
+    return []
 
 
 SCENARIOS: dict[str, Scenario] = {}

@@ -12,6 +12,7 @@ or ``ppo:path=agents/zoo/default``. Values are parsed as int, float, true/false/
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from typing import Callable, Optional, Protocol, runtime_checkable
 
 from .plan import BatchPlan
@@ -26,6 +27,33 @@ class Scheduler(Protocol):
 
     def reset(self) -> None:
         """Forget per-workload state."""
+
+
+class QueueView:
+    """The engine as a scheduler sees it with a different waiting queue (``waiting``, in queue
+    order) and, optionally, a lower cap on running requests (``max_num_seqs``); read-only,
+    everything else is the engine's."""
+
+    def __init__(self, engine, waiting: list, max_num_seqs: Optional[int] = None):
+        self._engine = engine
+        self._waiting = waiting
+        cfg = engine.config
+        self.config = cfg if max_num_seqs is None or max_num_seqs >= cfg.max_num_seqs else \
+            replace(cfg, max_num_seqs=max_num_seqs)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def iter_waiting(self):
+        return iter(self._waiting)
+
+    @property
+    def waiting(self):
+        return list(self._waiting)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
 
 
 class WorkloadNotServable(ValueError):

@@ -71,8 +71,9 @@ def imitate(policy, heuristic: str, steps: int, **env_overrides) -> None:
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
-    """{"set": dir, "set_hint": dir, "mlp": dir, "mlp_norm": dir} of saved policies and their
-    exports ("set_hint" sees slai's proposal in its observation)."""
+    """{"set": dir, "set_hint": dir, "set_veto": dir, "mlp": dir, "mlp_norm": dir} of saved
+    policies and their exports ("set_hint" sees slai's proposal in its observation; "set_veto"
+    vetoes slai's admissions, ``llmsched_env.veto``)."""
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -86,6 +87,9 @@ def policies(tmp_path_factory):
     hinted = build_model(hint_args, DummyVecEnv([lambda: ServingEnv("default", hint="slai")]), {})
     imitate(hinted.policy, "sarathi", steps=10, hint="slai")  # departs from the hint in places
     out["set_hint"] = _save(hinted, hint_args, root / "set_hint", overrides={"hint": "slai"})
+    veto_args = parse_args(SMALL + ["--veto", "slai"])  # randomly initialised: vetoes here and there
+    vetoing = build_model(veto_args, DummyVecEnv([lambda: ServingEnv("default", veto="slai")]), {})
+    out["set_veto"] = _save(vetoing, veto_args, root / "set_veto", overrides={"veto": "slai"})
     mlp = MaskablePPO("MultiInputPolicy", venv, policy_kwargs=dict(net_arch=[32, 32]), seed=4, device="cpu")
     rng = np.random.default_rng(5)
     K_F, G = venv.observation_space["slots"].shape[0], venv.observation_space["global"].shape[0]
@@ -105,7 +109,7 @@ def export_dir(policies, name) -> Path:
     return policies[name].parent / f"{name}_export"
 
 
-@pytest.mark.parametrize("name", ["set", "set_hint", "mlp", "mlp_norm"])
+@pytest.mark.parametrize("name", ["set", "set_hint", "set_veto", "mlp", "mlp_norm"])
 def test_onnx_actions_equal_the_sb3_policys(policies, name):
     """Several hundred states of real episodes (driven by the policy, seeds 0, 1, ...): the ONNX
     runtime's action equals the SB3 policy's deterministic action exactly."""
@@ -120,7 +124,7 @@ def test_onnx_actions_equal_the_sb3_policys(policies, name):
         assert np.array_equal(ref, got), f"state {n}: SB3 {ref.tolist()} vs ONNX {got.tolist()}"
         assert all(mask[i * A + got[i]] for i in range(K))
         present = obs["slots"].reshape(K, -1)[:, 0] > 0.5
-        acted += int(np.any(got[:K][present] != HOLD))
+        acted += int(np.any(got[:K][present] != HOLD))  # (HOLD = 0 = ADMIT for a veto policy)
         busy += int(present.sum() >= 4)
         if name == "mlp_norm" and n < 40:  # without the folded normalisation: other actions
             raw_differs += not np.array_equal(pol.policy.predict(obs, deterministic=True, action_masks=mask)[0], got)
@@ -147,16 +151,18 @@ class Recorder:
         return plan
 
 
-def test_onnx_scheduler_reproduces_the_ppo_scheduler(policies):
+@pytest.mark.parametrize("policy", ["set", "set_veto"])
+def test_onnx_scheduler_reproduces_the_ppo_scheduler(policies, policy):
     """On an engine with other limits than the training env, scheduler ``onnx`` makes the same
-    plan as scheduler ``ppo`` at every step, hence the same metrics."""
+    plan as scheduler ``ppo`` at every step, hence the same metrics (for a veto policy, slai
+    plans on the engine with the policy's vetoes)."""
     env = ServingEnv("default")
     env.reset(seed=7)
     specs = env.specs[:60]
     cfg = EngineConfig(num_kv_blocks=300, block_size=16, max_num_batched_tokens=4096, max_num_seqs=12)
     out = {}
     for name in ("ppo", "onnx"):
-        path = policies["set"] if name == "ppo" else export_dir(policies, "set")
+        path = policies[policy] if name == "ppo" else export_dir(policies, policy)
         rec = Recorder(make_scheduler(f"{name}:path={path}"))
         m = run(Engine(specs, cfg, env.cost_model), rec, max_steps=400)
         out[name] = (rec.plans, {k: v for k, v in m.items() if k not in ("wall_s", "steps_per_s")})

@@ -20,22 +20,23 @@ from tests.test_vllm_hook import build, model_config, run_checked  # noqa: E402,
 LENGTHS = [(300, 6), (70, 9), (520, 4), (100, 12), (9, 20), (1500, 3), (33, 7), (260, 5)]
 
 
-@pytest.fixture(scope="module", params=[None, "slai"], ids=["plain", "slai-hint"])
+@pytest.fixture(scope="module", params=[{}, {"hint": "slai"}, {"veto": "slai"}],
+                ids=["plain", "slai-hint", "slai-veto"])
 def export_dir(tmp_path_factory, request):
     """An exported policy; the "slai-hint" one also sees slai's proposal (computed on the vLLM
-    view inside the hook)."""
+    view inside the hook); the "slai-veto" one vetoes slai's admissions (randomly initialised),
+    slai planning on the vLLM view."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from tests.test_export import SMALL, imitate
     from train.ppo import build_model, parse_args, save_policy
     th.set_num_threads(1)
     root = tmp_path_factory.mktemp("onnx-policy")
-    hint = request.param
-    extra = ["--hint", hint] if hint else []
-    a = parse_args(SMALL + extra)
-    env_kw = {"hint": hint} if hint else {}
+    env_kw = request.param
+    a = parse_args(SMALL + [x for k, v in env_kw.items() for x in (f"--{k}", v)])
     model = build_model(a, DummyVecEnv([lambda: ServingEnv("default", **env_kw)]), {})
-    imitate(model.policy, "sarathi", steps=10, **env_kw)
+    if "veto" not in env_kw:
+        imitate(model.policy, "sarathi", steps=10, **env_kw)
     export_policy(save_policy(a, model, root / "policy", env_kw, {}), root / "export", verify_steps=0)
     return root / "export"
 
@@ -51,4 +52,5 @@ def test_onnx_policy_serves_vllm_to_completion(model_config, export_dir, monkeyp
     assert st.policy_steps == len(plans) > 0 and st.policy_errors == 0
     assert not st.fallback_steps and st.fallback_preemptions == 0 and st.ignored == 0
     assert sum(len(p.tokens) > 1 for p in plans) > 0  # batches, not one request at a time
-    assert sched.llmsched_policy._budget_map.tolist() == [0, 1, 2, 3, 3]
+    if sched.llmsched_policy.layout.veto is None:
+        assert sched.llmsched_policy._budget_map.tolist() == [0, 1, 2, 3, 3]

@@ -84,6 +84,9 @@ class Args:
     # --- the agent's view (None = the scenario's own; the engine and workloads stay the scenario's)
     hint: Optional[str] = None
     """heuristic whose proposal each step is part of the observation (residual learning), e.g. slai"""
+    veto: Optional[str] = None
+    """heuristic that plans every step while the agent only vetoes admissions of waiting requests
+    (the action is admission control over it: llmsched_env.veto), e.g. slai"""
     num_slots: Optional[int] = None
     """K, request slots in the observation and action"""
     waiting_slots: Optional[int] = None
@@ -250,6 +253,12 @@ def check_args(a: Args) -> None:
         errs.append(f"gamma={a.gamma} must be in (0, 1] and gae_lambda={a.gae_lambda} in [0, 1]")
     if a.hint_prior < 0 or (a.hint_prior and (a.hint is None or a.policy != "set")):
         errs.append(f"hint_prior={a.hint_prior} needs --hint HEURISTIC and --policy set, and must be >= 0")
+    if a.veto is not None and a.hint is not None:
+        errs.append(f"veto={a.veto!r} and hint={a.hint!r} cannot be combined (a veto action has no per-slot choices "
+                    "for the hint to propose)")
+    if a.veto is not None and a.bc_heuristic is not None and a.bc_heuristic != a.veto:
+        errs.append(f"bc_heuristic={a.bc_heuristic!r} with veto={a.veto!r}: a veto policy can only imitate its own "
+                    f"heuristic (never vetoing); use --bc-heuristic {a.veto} or none")
     if a.learning_rate <= 0 or a.bc_lr <= 0:
         errs.append("learning_rate and bc_lr must be > 0")
     if a.lam is not None and a.lam < 0:
@@ -265,7 +274,7 @@ def check_args(a: Args) -> None:
         if getattr(a, name) is not None and getattr(a, name) < (1 if name == "num_slots" else 0):
             errs.append(f"{name}={getattr(a, name)} must be >= {1 if name == 'num_slots' else 0}")
     known = available_schedulers()
-    for name in ("reference", "bc_heuristic", "hint"):
+    for name in ("reference", "bc_heuristic", "hint", "veto"):
         spec = getattr(a, name)
         if spec is not None and spec.partition(":")[0] not in known:
             errs.append(f"{name}={spec!r}: unknown scheduler; registered: {', '.join(known)}")
@@ -518,7 +527,7 @@ def load_checkpoint(run_dir: Path, venv, monitor):
 
 def overrides_desc(a: Args) -> dict:
     return {"lam": a.lam, "slo_ttft_s": a.slo_ttft_s, "slo_tbt_s": a.slo_tbt_s, "hint": a.hint,
-            "num_slots": a.num_slots, "waiting_slots": a.waiting_slots}
+            "veto": a.veto, "num_slots": a.num_slots, "waiting_slots": a.waiting_slots}
 
 
 def save_policy(a: Args, model, out: Path, overrides_desc: dict, extra: dict) -> Path:
@@ -550,7 +559,7 @@ def main(argv=None) -> dict:
     th.set_num_threads(a.torch_threads)
     th.distributions.Distribution.set_default_validate_args(False)
     console = Console()
-    overrides = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint,
+    overrides = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint, veto=a.veto,
                                    num_slots=a.num_slots, waiting_slots=a.waiting_slots)
     run_dir = run_dir_of(a)
     if run_dir.exists() and not a.resume and (run_dir / "checkpoints").exists():
