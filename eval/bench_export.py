@@ -35,8 +35,8 @@ def fresh_policy(out: Path) -> Path:
     from llmsched_env import ServingEnv
     from train.ppo import build_model, overrides_desc, parse_args, save_policy
     a = parse_args(["--config", str(Path(__file__).resolve().parent.parent / "train/configs/default.yaml")])
-    kw = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint, num_slots=a.num_slots,
-                            waiting_slots=a.waiting_slots)
+    kw = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint, veto=a.veto,
+                            num_slots=a.num_slots, waiting_slots=a.waiting_slots)
     model = build_model(a, DummyVecEnv([lambda: ServingEnv(a.scenario, **kw)]), {})
     return save_policy(a, model, out, overrides_desc(a), {})
 

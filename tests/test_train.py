@@ -45,7 +45,7 @@ def test_checked_in_configs_are_valid_and_build_their_env(config):
     from agents.rollout import scenario_overrides
     from llmsched_env import ServingEnv
     a = parse_args(["--config", str(config)])
-    env = ServingEnv(a.scenario, **scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint,
+    env = ServingEnv(a.scenario, **scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint, veto=a.veto,
                                                       num_slots=a.num_slots, waiting_slots=a.waiting_slots))
     assert env.engine_config == ServingEnv(a.scenario).engine_config
 
