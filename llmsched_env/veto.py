@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 
-from .action import REPAIRS, NotExpressible
+from .action import REPAIRS, ActionDecoder, NotExpressible
 from .plan import BatchPlan
 from .request import RUNNING
 from .scheduler import QueueView
@@ -76,21 +76,9 @@ class VetoDecoder:
         return np.concatenate((m.reshape(-1), [True]))
 
     def check_action(self, action) -> np.ndarray:
-        """The action as int64, or ValueError naming the first bad slot."""
-        a = np.asarray(action)
-        if a.shape != self.nvec.shape:
-            raise ValueError(f"action has shape {a.shape}; expected ({self.K + 1},): admit (0) or veto (1) "
-                             f"per slot (K={self.K}) plus the global entry (0)")
-        if a.dtype.kind not in "iu":
-            if a.dtype.kind != "f" or not np.all(a == np.round(a)):
-                raise ValueError(f"action must hold integers, got dtype {a.dtype} with values {a.tolist()}")
-        a = a.astype(np.int64)
-        bad = np.nonzero((a < 0) | (a >= self.nvec))[0]
-        if bad.size:
-            i = int(bad[0])
-            where = f"slot {i}" if i < self.K else "the global entry (last)"
-            raise ValueError(f"action value {int(a[i])} at {where} is out of range 0..{int(self.nvec[i]) - 1}")
-        return a
+        """The action as int64, or ValueError naming the first bad slot (the slot decoder's checks:
+        shape K + 1, integers, each within its range)."""
+        return np.asarray(ActionDecoder.check_action(self, action), dtype=np.int64)
 
     def decode(self, engine, slots: list, action, peek: bool = False) -> tuple[BatchPlan, dict]:
         """(plan, repairs) for ``action``. Advances the heuristic's own state as its ``schedule``
