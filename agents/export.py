@@ -44,8 +44,8 @@ def build_manifest(pol, layout, sha256: str, opset: int, torch_version: str) -> 
     """The manifest of an export of ``pol`` (agents.loader.LoadedPolicy)."""
     import llmsched_env
     from llmsched_env.action import CHOICE_NAMES
-    from llmsched_env.veto import VETO_CHOICES
     from llmsched_env.observation import CLIP, GLOBAL_FEATURES, GLOBAL_SCALES, SLOT_FEATURES, SLOT_SCALES
+    from llmsched_env.veto import VETO_CHOICES
 
     from .onnx_runtime import FORMAT, FORMAT_VERSION, MODEL, io_spec
     K = layout.num_slots

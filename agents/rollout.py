@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import replace
-from types import SimpleNamespace
 from typing import Callable, Optional
 
 import gymnasium as gym
@@ -160,22 +159,20 @@ def demonstrations(env: ServingEnv, spec: str, seeds, gamma: float = 0.99,
     On a veto scenario (``llmsched_env.veto``) the only heuristic a policy can imitate is the one
     it vetoes over, and its label is the all-admit action."""
     name, opts = parse_heuristic(spec)
-    if env.scenario.veto is not None:
-        if spec != env.scenario.veto:
-            raise ValueError(f"a veto policy over {env.scenario.veto!r} can only imitate that heuristic "
-                             f"(never vetoing), not {spec!r}")
-        advisor = SimpleNamespace(reset=lambda: None,
-                                  propose=lambda engine, slots: np.zeros(len(env.decoder.nvec), dtype=np.int64))
-    else:
-        advisor = HeuristicAdvisor(name, env.decoder, opts)
+    if env.scenario.veto is not None and spec != env.scenario.veto:
+        raise ValueError(f"a veto policy over {env.scenario.veto!r} can only imitate that heuristic "
+                         f"(never vetoing), not {spec!r}")
+    advisor = None if env.scenario.veto is not None else HeuristicAdvisor(name, env.decoder, opts)
+    admit_all = np.zeros(len(env.action_space.nvec), dtype=np.int64)
     obs_rows: dict[str, list] = {}
     masks, acts, rets = [], [], []
     for seed in seeds:
         rewards, labelled = [], []
-        advisor.reset()
+        if advisor is not None:
+            advisor.reset()
         obs, _ = env.reset(seed=seed)
         while True:
-            a = advisor.propose(env.engine, env.slots)
+            a = admit_all if advisor is None else advisor.propose(env.engine, env.slots)
             if a is None and act is None:
                 break
             mask = env.action_masks().copy()

@@ -10,8 +10,8 @@ seeds from 1,000,000, validation 5,000..). The policy acts deterministically thr
 heuristic acts through ``encode_plan`` (or, in an episode where it admits beyond the K slots, runs
 directly on the same workload; ``agents.rollout.heuristic_episode``; for a policy whose action
 vetoes a heuristic's admissions, ``llmsched_env.veto``, every heuristic episode runs directly,
-on the same engine and workload). For each heuristic the table gives its means and the paired difference policy - heuristic of the return (SLO - lambda GPU-s)
-and of SLO attainment, mean and 95% t-interval over the episodes. The goal row: the best
+on the same engine and workload). For each heuristic the table gives its means and the paired
+difference policy - heuristic of the return (SLO - lambda GPU-s) and of SLO attainment, mean and 95% t-interval over the episodes. The goal row: the best
 heuristic by mean SLO attainment.
 """
 from __future__ import annotations

@@ -140,9 +140,14 @@ class ActionDecoder:
             raise ValueError(f"action value {int(a[i])} at {where} is out of range 0..{int(self.nvec[i]) - 1}")
         return a.tolist()
 
-    def decode(self, engine, slots: list, action) -> tuple[BatchPlan, dict]:
+    def reset(self) -> None:
+        """A new workload. Nothing to forget: this decoder keeps no state (the veto decoder,
+        ``llmsched_env.veto``, shares this interface and does)."""
+
+    def decode(self, engine, slots: list, action, peek: bool = False) -> tuple[BatchPlan, dict]:
         """The BatchPlan an action means in the engine's current state, and the repairs made
-        (``{repair name: count}``, only non-zero counts). See the module docstring for the order."""
+        (``{repair name: count}``, only non-zero counts). See the module docstring for the order.
+        ``peek`` (decode without committing to the step) changes nothing here: no state."""
         acts = self.check_action(action)
         budget = self.budget_levels[acts[-1]]
         bs = self.bs

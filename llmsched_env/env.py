@@ -192,8 +192,7 @@ class ServingEnv(gym.Env):
         self.observer.reset()
         if self.advisor is not None:
             self.advisor.reset()
-        if isinstance(self.decoder, VetoDecoder):
-            self.decoder.reset()
+        self.decoder.reset()
         self._steps = 0
         self._done = False
         self._repair_totals = dict.fromkeys(REPAIRS, 0)
@@ -285,9 +284,7 @@ class ServingEnv(gym.Env):
 
     def decode_action(self, action) -> tuple[BatchPlan, dict]:
         """The plan (and repairs) an action would produce now, without stepping."""
-        if isinstance(self.decoder, VetoDecoder):
-            return self.decoder.decode(self.engine, self._slots, action, peek=True)
-        return self.decoder.decode(self.engine, self._slots, action)
+        return self.decoder.decode(self.engine, self._slots, action, peek=True)
 
     def encode_plan(self, plan: BatchPlan) -> np.ndarray:
         """An action that decodes to exactly ``plan`` now (raises ``NotExpressible``)."""

@@ -48,7 +48,6 @@ class VetoDecoder:
     """
 
     num_choices = 2
-    budget_levels = (None,)  # one global value: the heuristic's own budget
 
     def __init__(self, spec: str, num_slots: int, max_num_seqs: int):
         from .scheduler import parse_spec

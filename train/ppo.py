@@ -229,7 +229,7 @@ def make_args(values: dict) -> Args:
 
 
 def check_args(a: Args) -> None:
-    from llmsched_env.scenarios import list_scenarios
+    from llmsched_env.scenarios import get_scenario, list_scenarios
     from llmsched_env.scheduler import available_schedulers
     errs = []
     if a.scenario not in list_scenarios():
@@ -253,9 +253,6 @@ def check_args(a: Args) -> None:
         errs.append(f"gamma={a.gamma} must be in (0, 1] and gae_lambda={a.gae_lambda} in [0, 1]")
     if a.hint_prior < 0 or (a.hint_prior and (a.hint is None or a.policy != "set")):
         errs.append(f"hint_prior={a.hint_prior} needs --hint HEURISTIC and --policy set, and must be >= 0")
-    if a.veto is not None and a.hint is not None:
-        errs.append(f"veto={a.veto!r} and hint={a.hint!r} cannot be combined (a veto action has no per-slot choices "
-                    "for the hint to propose)")
     if a.veto is not None and a.bc_heuristic is not None and a.bc_heuristic != a.veto:
         errs.append(f"bc_heuristic={a.bc_heuristic!r} with veto={a.veto!r}: a veto policy can only imitate its own "
                     f"heuristic (never vetoing); use --bc-heuristic {a.veto} or none")
@@ -270,11 +267,14 @@ def check_args(a: Args) -> None:
         [int(x) for x in a.mlp_arch.split(",") if x.strip()]
     except ValueError:
         errs.append(f"mlp_arch={a.mlp_arch!r}: comma-separated layer sizes, e.g. 256,256")
-    for name in ("num_slots", "waiting_slots"):
-        if getattr(a, name) is not None and getattr(a, name) < (1 if name == "num_slots" else 0):
-            errs.append(f"{name}={getattr(a, name)} must be >= {1 if name == 'num_slots' else 0}")
+    if a.scenario in list_scenarios():  # the agent's side of the scenario: the scenario's own checks
+        view = {k: getattr(a, k) for k in ("hint", "veto", "num_slots", "waiting_slots") if getattr(a, k) is not None}
+        try:
+            get_scenario(a.scenario).with_(**view).check()
+        except ValueError as e:
+            errs.append(str(e))
     known = available_schedulers()
-    for name in ("reference", "bc_heuristic", "hint", "veto"):
+    for name in ("reference", "bc_heuristic"):
         spec = getattr(a, name)
         if spec is not None and spec.partition(":")[0] not in known:
             errs.append(f"{name}={spec!r}: unknown scheduler; registered: {', '.join(known)}")
