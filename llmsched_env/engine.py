@@ -352,8 +352,11 @@ class Engine:
         i = self._next_arrival
         now = self.now_s
         n = len(pending)
+        max_len = self.config.max_model_len
         while i < n and pending[i].arrival_s <= now:
             req = Request(pending[i])
+            if req.max_tokens is None:
+                req.max_tokens = max_len - req.prompt_len
             self.requests[req.rid] = req
             self._waiting_new[req.rid] = req
             i += 1

@@ -26,6 +26,12 @@ class RequestSpec:
         slo_class: name of the SLO tier this request belongs to.
         priority: lower value = more important (vLLM's convention).
         predicted_output_len: a predictor's estimate of ``output_len`` (None when no predictor).
+        max_tokens: the request's cap on output tokens (vLLM's ``SamplingParams.max_tokens``),
+            what a practical scheduler knows of its length; >= ``output_len``. None = the model's
+            context left after the prompt (the engine resolves it: ``max_model_len - prompt_len``).
+        prefix_group: requests with the same group share the first ``prefix_len`` prompt tokens
+            (a system prompt, or a conversation's history); None = no shared prefix.
+        prefix_len: tokens at the start of the prompt identical across ``prefix_group``.
     """
 
     rid: int
@@ -37,6 +43,17 @@ class RequestSpec:
     slo_class: str = "default"
     priority: int = 0
     predicted_output_len: Optional[int] = None
+    max_tokens: Optional[int] = None
+    prefix_group: Optional[int] = None
+    prefix_len: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < self.output_len:
+            raise ValueError(f"request {self.rid}: max_tokens {self.max_tokens} < output_len "
+                             f"{self.output_len}; the cap must allow the true output length")
+        if not 0 <= self.prefix_len <= self.prompt_len:
+            raise ValueError(f"request {self.rid}: prefix_len {self.prefix_len} must be in "
+                             f"0..prompt_len ({self.prompt_len})")
 
 
 class Request:
@@ -50,7 +67,7 @@ class Request:
 
     __slots__ = (
         "spec", "rid", "arrival_s", "prompt_len", "output_len", "ttft_slo_s", "tbt_slo_s",
-        "priority", "predicted_output_len",
+        "priority", "predicted_output_len", "max_tokens",
         "status", "num_computed", "prefill_target", "num_generated", "num_blocks",
         "num_preemptions", "recomputed_tokens", "token_times", "first_scheduled_s",
         "last_scheduled_s", "finish_s", "admitted_s",
@@ -66,6 +83,7 @@ class Request:
         self.tbt_slo_s = spec.tbt_slo_s
         self.priority = spec.priority
         self.predicted_output_len = spec.predicted_output_len
+        self.max_tokens = spec.max_tokens  # the engine resolves None to its context left
         self.status = WAITING
         self.num_computed = 0
         self.prefill_target = spec.prompt_len
