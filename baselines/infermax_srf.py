@@ -32,10 +32,11 @@ class InferMaxSRFScheduler(SarathiScheduler):
     Args:
         token_budget: per-step token budget, tokens (default 512).
         reserve: gate admission on the bucket's average total length (InferMax "histogram").
+        watermark: share of all KV blocks kept free at admission (0.01).
     """
 
-    def __init__(self, token_budget: int | None = 512, reserve: bool = False):
-        super().__init__(token_budget)
+    def __init__(self, token_budget: int | None = 512, reserve: bool = False, watermark: float = 0.01):
+        super().__init__(token_budget, watermark)
         self.reserve = reserve
         self.reset()
 
@@ -63,8 +64,9 @@ class InferMaxSRFScheduler(SarathiScheduler):
         # Capped at the cache size: an average can never block an otherwise admissible request for good.
         return max(req.prefill_target, min(math.ceil(h[1] / h[0]), self._capacity_tokens))
 
-    def _victim(self, candidates, req):
-        others = [r for r in candidates if r is not req]
-        if not others:
+    def _victim(self, unvisited, req):
+        if not unvisited:
             return req
-        return min(others, key=lambda r: (r.num_computed, -r.arrival_s, -r.rid))
+        victim = min(unvisited, key=lambda r: (r.num_computed, -r.arrival_s, -r.rid))
+        unvisited.remove(victim)
+        return victim

@@ -1,30 +1,48 @@
 """Sarathi-Serve: stall-free batching with chunked prefills under a fixed token budget.
 
 Source: Agrawal et al., "Taming Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve",
-OSDI 2024; code microsoft/sarathi-serve (``SarathiScheduler``), built on vLLM v0's block manager,
-which allocates a prompt's KV blocks in full at admission.
+OSDI 2024; code microsoft/sarathi-serve, read for this module: ``sarathi/core/scheduler/
+sarathi_scheduler.py`` (``SarathiScheduler._schedule``), ``base_scheduler.py`` (``_preempt``
+re-queues at the head), ``policy.py`` (FCFS = by arrival), and the block manager it uses
+(``block_space_manager/base_block_space_manager.py`` via ``vllm_block_space_manager.py``):
+``can_allocate`` = free blocks - the blocks of the request's whole prompt >= ``int(0.01 x all
+blocks)`` (the watermark); ``allocate`` takes the whole prompt's blocks at admission;
+``can_append_slot`` = at least one free block.
 
-Rules, per step, with a token budget (default 512 tokens, capped by the engine's):
+Rules, per step, with a chunk size (token budget, default 512 tokens):
 
-1. Every running decode gets its one token (admission order).
-2. Ongoing partial prefills (running, prefill incomplete) get the next chunk, up to what they are
-   owed and the budget left (admission order).
-3. New requests (waiting queue order: preempted first, then FCFS) are admitted with a chunk of
-   min(prefill, budget left) while the sequence cap allows and the KV blocks of the *whole*
-   prefill fit the free blocks not already promised to the unfinished prefills of 2 (the
-   allocate-the-whole-prompt rule of its vLLM v0 block manager). The first that does not fit stops
-   admission.
-4. KV shortage in 1 or 2: preempt (recompute) the latest-arrived running request; a request that
-   is itself the latest preempts itself. As in vLLM, nothing is admitted in a step that preempted.
+1. Running requests sorted by arrival (FCFS). Decodes, in that order, each get one token; decodes
+   are not limited by the chunk size (only, here, by the engine's ``max_num_batched_tokens``).
+   Before each decode the block manager must have a free block, whether or not this decode
+   needs a new one ("no free block" is the reason to preempt); the free blocks are those not
+   allocated, and an admitted prompt's blocks are all allocated at admission. While none is
+   free, the victim is the latest-arrived running request not yet visited this step (the back of
+   the sorted list); when there is none the decode preempts itself. Victims are recomputed.
+2. Ongoing partial prefills, in that order, get min(rest of the prompt, chunk size - tokens so
+   far) (their blocks were allocated at admission).
+3. New requests in waiting-queue order (preempted first, most recent first, then arrivals) are
+   admitted with a chunk of min(prompt, chunk size - tokens so far) while the free blocks minus
+   the blocks of the whole prompt stay >= the watermark, the sequence cap allows and the chunk is
+   not empty; the first that fails stops admission. Decision: the watermark is waived while
+   nothing is resident, so a prompt needing more than 99% of the cache is not blocked forever.
 
-Subclasses change one rule each: the victim (``_victim``), the tokens the admission gate requires
-(``_admit_tokens``), and the tokens a running request keeps reserved (``_future_tokens``).
+This engine allocates KV as it is computed, so a partial prefill's not-yet-computed prompt blocks
+are counted as allocated ("promised") in the rules above. Sarathi admits in a step that
+preempted, but its victims head the waiting queue and a victim needs at least the blocks it just
+released, so admission stops at it; this engine also forbids preempting and scheduling a request
+in one step, so no request is admitted in a step that preempted.
+
+Subclasses change one rule each: the order of the running list (``_running_order``, whose back
+supplies the victims), the tokens the admission gate requires (``_admit_tokens``), the tokens a
+resident request's KV is promised to (``_future_tokens``), and whether a decode needs a free
+block when its own block has room (``decode_needs_free_block``).
 """
 from __future__ import annotations
 
-from llmsched_env.scheduler import register
+from collections import deque
 
-from .plan_builder import PlanBuilder
+from llmsched_env.plan import BatchPlan
+from llmsched_env.scheduler import register
 
 
 @register("sarathi")
@@ -32,67 +50,112 @@ class SarathiScheduler:
     """Sarathi-Serve stall-free batching (see the module docstring).
 
     Args:
-        token_budget: per-step token budget, tokens (default 512, Sarathi-Serve's chunk size).
+        token_budget: chunk size: prefill tokens per step, decodes included, tokens (default
+            512, Sarathi-Serve's; None = the engine's ``max_num_batched_tokens``).
+        watermark: share of all KV blocks that must stay free after an admission (0.01, the
+            block manager's default).
     """
 
-    def __init__(self, token_budget: int | None = 512):
+    decode_needs_free_block = True
+
+    def __init__(self, token_budget: int | None = 512, watermark: float = 0.01):
         if token_budget is not None and token_budget < 1:
             raise ValueError(f"token_budget must be >= 1 token, not {token_budget!r}")
+        if not 0.0 <= watermark < 1.0:
+            raise ValueError(f"watermark must be a share of the KV cache in [0, 1), not {watermark!r}")
         self.token_budget = token_budget
+        self.watermark = watermark
 
     def reset(self) -> None:
         pass
 
     # ------------------------------------------------------------------ rules
-    def _victim(self, candidates: list, req):
-        """Victim among running, not yet preempted ``candidates`` when ``req`` lacks KV."""
-        return max(candidates, key=lambda r: (r.arrival_s, r.rid))
+    def _running_order(self, engine) -> list:
+        """Running requests in the order they are served; victims come from the back."""
+        return sorted(engine.running.values(), key=lambda r: (r.arrival_s, r.rid))
+
+    def _victim(self, unvisited: deque, req):
+        """Remove and return the victim when decode ``req`` lacks a free block: the back of the
+        running requests not yet visited this step, or ``req`` itself when none is left."""
+        return unvisited.pop() if unvisited else req
 
     def _admit_tokens(self, req) -> int:
         """Tokens whose blocks must be free for a waiting request to be admitted."""
         return req.prefill_target
 
     def _future_tokens(self, req) -> int:
-        """Tokens a resident request's KV is promised to grow to (kept out of admission)."""
+        """Tokens whose blocks a resident request holds (Sarathi: its whole prompt)."""
         return req.prefill_target
 
     def _observe(self, engine) -> None:
         """Hook: learn from the engine before planning (read only)."""
 
     # --------------------------------------------------------------- planning
-    def schedule(self, engine):
+    def schedule(self, engine) -> BatchPlan:
         self._observe(engine)
-        b = PlanBuilder(engine, self.token_budget)
-        running = list(engine.running.values())
-        decodes = [r for r in running if not r.is_prefilling]
-        prefills = [r for r in running if r.is_prefilling]
-        for group in (decodes, prefills):
-            for req in group:
-                if b.budget <= 0:
+        cfg = engine.config
+        bs = cfg.block_size
+        cap = cfg.max_num_batched_tokens
+        chunk = cap if self.token_budget is None else min(self.token_budget, cap)
+        order = self._running_order(engine)
+        promise = {r.rid: max(0, -(-self._future_tokens(r) // bs) - r.num_blocks) for r in order}
+        free = engine.free_blocks                  # really free after the plan, blocks
+        pool = free - sum(promise.values())        # free in the source's block manager, blocks
+        tokens: dict[int, int] = {}
+        preempt: set[int] = set()
+        used = 0
+        unvisited = deque(order)
+        prefills = []
+        while unvisited:
+            req = unvisited.popleft()
+            if req.is_prefilling:
+                prefills.append(req)
+                continue
+            if used >= cap:
+                continue
+            need = -(-(req.num_computed + 1) // bs) - req.num_blocks
+            own = min(need, promise[req.rid])
+            while pool < need - own or (self.decode_needs_free_block and pool < 1):
+                victim = self._victim(unvisited, req)
+                if victim is req:
+                    preempt.add(req.rid)
+                    pool += req.num_blocks + promise[req.rid]
+                    free += req.num_blocks
                     break
-                if req.rid in b.preempt:
-                    continue
+                preempt.add(victim.rid)
+                pool += victim.num_blocks + promise[victim.rid]
+                free += victim.num_blocks
+            else:
+                tokens[req.rid] = 1
+                used += 1
+                pool -= need - own
+                promise[req.rid] -= own
+                free -= need
+        for req in prefills:
+            n = min(req.remaining_prefill, chunk - used)
+            if n < 1:
+                continue
+            need = -(-(req.num_computed + n) // bs) - req.num_blocks
+            own = min(need, promise[req.rid])
+            if need > free or need - own > pool:
+                continue  # only when another scheduler produced this state (no promise kept)
+            tokens[req.rid] = n
+            used += n
+            pool -= need - own
+            promise[req.rid] -= own
+            free -= need
+        if preempt:
+            return BatchPlan(tokens, preempt)
 
-                def pick(req=req):
-                    cands = [r for r in running if r.rid not in b.preempt]
-                    return self._victim(cands, req) if cands else None
-
-                b.add_or_preempt(req, b.chunk(req), pick)
-        if b.preempt:
-            return b.plan()
-
-        bs = engine.config.block_size
-        promised = 0
-        for req in running:
-            after = -(-(req.num_computed + b.tokens.get(req.rid, 0)) // bs)
-            promised += max(0, -(-self._future_tokens(req) // bs) - after)
+        resident = len(engine.running)
+        watermark = int(self.watermark * cfg.num_kv_blocks) if engine.running else 0
         for req in engine.iter_waiting():
-            if b.budget <= 0:
-                break
-            n = b.chunk(req)
             gate = -(-self._admit_tokens(req) // bs)
-            if gate > b.free - promised or not b.fits(req, n):
+            n = min(req.prefill_target, chunk - used)
+            if pool - gate < watermark or resident >= cfg.max_num_seqs or n < 1:
                 break
-            b.add(req, n)
-            promised += max(0, -(-self._future_tokens(req) // bs) - -(-n // bs))
-        return b.plan()
+            tokens[req.rid] = n
+            used += n
+            resident += 1
+            pool -= max(-(-self._future_tokens(req) // bs), -(-n // bs))
+        return BatchPlan(tokens, preempt)

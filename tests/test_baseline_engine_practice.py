@@ -96,6 +96,49 @@ def test_sarathi_preempts_latest_arrived_not_newest_admitted():
     assert p.tokens == {1: 1} and p.preempt == {0}             # vLLM: the newest admitted
 
 
+def test_sarathi_watermark_blocks_admission_that_would_leave_under_1pct_free():
+    # 100 blocks -> watermark int(0.01 x 100) = 1 block; request 0 holds 90 (its next token fits
+    # the last), request 1's prompt needs exactly the 10 left: can_allocate refuses (10 - 10 < 1).
+    eng = make_engine([spec(0, prompt=359, output=5), spec(1, arrival=0.001, prompt=40, output=2)],
+                      num_kv_blocks=100, budget=512)
+    eng.step(BatchPlan({0: 359}))
+    assert plan_of("sarathi", eng).tokens == {0: 1}
+    assert plan_of("sarathi", eng, watermark=0.0).tokens == {0: 1, 1: 40}
+
+
+def test_sarathi_preempts_when_no_block_is_free_even_if_the_decode_needs_none():
+    # Both hold 6 tokens in 2 blocks; the 7th token of each fits its 2nd block, but no block is
+    # free: Sarathi's can_append_slot (>= 1 free block) fails, so the latest arrival is preempted.
+    eng = make_engine([spec(0, prompt=6, output=5), spec(1, arrival=0.001, prompt=6, output=5)],
+                      num_kv_blocks=4)
+    eng.step(BatchPlan({0: 6}))
+    eng.step(BatchPlan({1: 6}))
+    p = plan_of("sarathi", eng)
+    assert p.tokens == {0: 1} and p.preempt == {1}
+    assert plan_of("vllm-v1", eng).tokens == {0: 1, 1: 1}        # vLLM v1 counts the blocks needed
+
+
+def test_sarathi_decodes_are_not_limited_by_the_chunk_size():
+    eng = make_engine([spec(i, prompt=4, output=5) for i in range(3)] +
+                      [spec(3, arrival=0.001, prompt=8, output=2)])
+    eng.step(BatchPlan({0: 4, 1: 4, 2: 4}))
+    assert plan_of("sarathi", eng, token_budget=2).tokens == {0: 1, 1: 1, 2: 1}
+    assert plan_of("sarathi", eng, token_budget=5).tokens == {0: 1, 1: 1, 2: 1, 3: 2}
+
+
+def test_sarathi_decodes_cannot_take_blocks_promised_to_a_partial_prefill():
+    # Request 1 (arrived later) has 8 of 24 prompt tokens computed: its 4 missing blocks count as
+    # allocated, so request 0's decode (which needs a 3rd block) finds no free block and preempts
+    # 1, the latest arrival. vLLM v1 allocates as it computes: both fit.
+    eng = make_engine([spec(0, prompt=8, output=5), spec(1, arrival=0.001, prompt=24, output=2)],
+                      num_kv_blocks=8)
+    eng.step(BatchPlan({0: 8}))
+    eng.step(BatchPlan({1: 8}))
+    p = plan_of("sarathi", eng, token_budget=5, watermark=0.0)
+    assert p.tokens == {0: 1} and p.preempt == {1}
+    assert plan_of("vllm-v1", eng, token_budget=5).tokens == {0: 1, 1: 4}
+
+
 # ------------------------------------------------------------------ orca
 def test_orca_reserves_max_length_and_never_preempts():
     specs = [spec(i, prompt=2, output=6) for i in range(3)]

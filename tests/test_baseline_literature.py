@@ -15,19 +15,17 @@ def plan_of(name, eng, **opts):
 
 # ------------------------------------------------------------------ infermax-srf
 def test_infermax_evicts_fewest_computed_tokens():
-    eng = make_engine([spec(0, prompt=4, output=5), spec(1, prompt=12, output=5), spec(2, prompt=8, output=5)],
+    eng = make_engine([spec(0, prompt=12, output=5), spec(1, prompt=8, output=5), spec(2, prompt=4, output=5)],
                       num_kv_blocks=7)
-    eng.step(BatchPlan({0: 4, 1: 12, 2: 8}))      # 1 + 3 + 2 blocks; every decode needs a new block
-    p = plan_of("infermax-srf", eng)
-    assert p.preempt == {0} and p.tokens == {1: 1, 2: 1}   # 0 has the fewest computed tokens (4)
-    p = plan_of("sarathi", eng)
-    assert p.preempt == {2} and p.tokens == {0: 1, 1: 1}   # Sarathi: the latest arrival
+    eng.step(BatchPlan({0: 12, 1: 8, 2: 4}))      # 3 + 2 + 1 blocks; every decode needs a new block
+    p = plan_of("infermax-srf", eng, watermark=0.0)
+    assert p.preempt == {2} and p.tokens == {0: 1, 1: 1}   # 2 has the fewest computed tokens (4)
 
 
 def test_infermax_evicts_itself_without_other_candidates():
     s = make_scheduler("infermax-srf")
     r = Request(spec(0))
-    assert s._victim([r], r) is r
+    assert s._victim([], r) is r
 
 
 def test_infermax_histogram_reservation():
