@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 from llmsched_env import BatchPlan, make_scheduler, run
 from llmsched_env.request import Request
 from tests.conftest import make_engine, spec
@@ -14,18 +16,33 @@ def plan_of(name, eng, **opts):
 
 
 # ------------------------------------------------------------------ infermax-srf
-def test_infermax_evicts_fewest_computed_tokens():
-    eng = make_engine([spec(0, prompt=12, output=5), spec(1, prompt=8, output=5), spec(2, prompt=4, output=5)],
-                      num_kv_blocks=7)
-    eng.step(BatchPlan({0: 12, 1: 8, 2: 4}))      # 3 + 2 + 1 blocks; every decode needs a new block
+def test_infermax_serves_by_computed_tokens_and_evicts_the_fewest_requester_included():
+    # Blocks 3 + 1 + 1 + 2 of 8; every decode needs a new block. InferMax re-sorts the running
+    # requests by computed tokens (0: 12, 3: 8, 1: 4, 2: 4) and serves decodes in that order;
+    # 3 finds no free block and evicts the last of the order (2), then 1 finds none and, with
+    # nobody left after it, evicts itself.
+    eng = make_engine([spec(0, prompt=12, output=5), spec(1, prompt=4, output=5), spec(2, prompt=4, output=5),
+                       spec(3, prompt=8, output=5)], num_kv_blocks=8)
+    eng.step(BatchPlan({0: 12, 1: 4, 2: 4, 3: 8}))
     p = plan_of("infermax-srf", eng, watermark=0.0)
-    assert p.preempt == {2} and p.tokens == {0: 1, 1: 1}   # 2 has the fewest computed tokens (4)
+    assert p.preempt == {1, 2} and list(p.tokens.items()) == [(0, 1), (3, 1)]
+    p = plan_of("sarathi", eng, watermark=0.0)                  # arrival order, latest arrival evicted
+    assert p.preempt == {3} and list(p.tokens.items()) == [(0, 1), (1, 1), (2, 1)]
 
 
 def test_infermax_evicts_itself_without_other_candidates():
     s = make_scheduler("infermax-srf")
     r = Request(spec(0))
     assert s._victim([], r) is r
+
+
+def test_infermax_paper_configuration_and_its_engine_check():
+    s = make_scheduler("infermax-srf:paper=true")
+    assert (s.token_budget, s.watermark, s.reserve) == (16384, 0.0, True)
+    eng = make_engine([spec(0, prompt=8, output=2)], block_size=1, budget=16384, num_kv_blocks=100)
+    assert s.schedule(eng).tokens == {0: 8}
+    with pytest.raises(ValueError, match="--block-size 1 --token-budget 16384"):
+        s.schedule(make_engine([spec(0, prompt=8, output=2)]))
 
 
 def test_infermax_histogram_reservation():
