@@ -1,38 +1,46 @@
 """SLAI: SLO-aware scheduling of decodes by last schedulable time, shortest prompts first.
 
 Source: Bari, Hegde and de Veciana, "Optimal Scheduling Algorithms for LLM Inference: Theory and
-Practice" (SLAI), arXiv 2508.01002, 2025. Only the abstract was available: SLAI "uses real-time
-measurements to prioritize decode requests that are close to missing their TBT deadlines and
-reorders prefill requests based on known prompt lengths". The rules below are this project's
-reading (issue 3); every constant is an argument.
+Practice" (SLAI), arXiv 2508.01002, 2025. Code read: the authors' Sarathi-Serve fork agrimUT/SLAI
+(commit 5098a7a), ``sarathi/core/scheduler/slai_scheduler.py`` (``SLAIScheduler._schedule``,
+``_post_batch_processing``, ``set_last_batch_times``), its block manager
+(``slai_scheduler_space_manager.py`` = Sarathi's: whole prompt allocated at admission, a 1%
+watermark in ``can_allocate``, ``can_append_slot`` = one free block) and its configurations
+(``config_path_yml_files/llama8b_relaxed.yml``: token budget 512, 128 decodes, offsets 5 / 10
+switching at 96% KV use, shortest prompt first with user priority).
 
-Rules, per step (token budget default 512, at most 128 decodes per step):
+Rules, per step (token budget default 512 tokens, at most 128 decodes):
 
-* Each resident decode has a last schedulable time
-  LST = end of its previous batch (its last token's time) + its TBT target - Theta x mean batch
-  time, with Theta = 5 while KV use < 96%, else 10, and the mean over the last 64 executed
-  batches (seconds; 0 before the first batch).
-1. Decodes whose LST has passed (LST <= now), earliest LST first.
-2. Ongoing partial prefills (admission order), chunk = min(owed, budget left).
-3. If nothing was preempted this step: new requests by tier (priority value) then shortest
-   prefill first, then arrival, with a chunk of min(prefill, budget left), while the KV blocks of
-   the whole prefill fit the free blocks minus a 1% reserve of the cache minus the blocks promised
-   to unfinished prefills (the reserve is waived while nothing is resident); the first that
-   does not fit stops admission.
-4. Leftover budget to the other decodes, earliest LST first.
-* KV shortage in 1, 2 or 4: preempt (recompute) the most recently admitted partial prefill
-  (possibly the requester itself); if there is none, the request that needs the block preempts
-  itself. Nothing is admitted in a step that preempted in 1 or 2 (vLLM's rule, kept for
-  consistency); a leftover decode of 4 may still preempt a partial prefill after admissions,
-  which the 1% reserve makes rare.
+* After each batch, every decode that ran in it is queued with a last schedulable time
+  LST = end of that batch + its TBT target - Theta x mean batch time, fixed until it runs again;
+  Theta = 5 while KV use (after the batch) is below 96%, else 10; the mean is over every batch
+  executed so far (seconds; 0 before the first).
+1. Critical decodes: while the budget and the decode cap allow and the earliest LST has passed
+   (LST <= now), that decode gets its token.
+2. Partial prefills from earlier steps, in admission order, while the budget allows, chunk =
+   min(rest of the prompt, budget left).
+3. New requests ordered by tier (priority value), then prompt length (prompt + generated after a
+   preemption), ties in queue order; admitted with a chunk of min(prompt, budget left) while the
+   free blocks minus the whole prompt's stay >= 1% of the cache, the sequence cap allows and the
+   chunk is not empty; the first that fails stops admission. This happens also in a step that
+   preempted (Sarathi's rule, not vLLM's): a victim of this step takes its place in that order
+   (the source would re-admit it if it fits; this engine cannot preempt and schedule one request
+   in one step, so admission stops there). Decision: the watermark is waived while nothing is
+   resident, so no request is blocked forever.
+4. The other decodes, earliest LST first, while the budget and the decode cap allow.
+* A decode needs a free block (the "no free block" rule, even when its own block has room; an
+  admitted prompt's blocks count as allocated). When none is free the most recently admitted
+  partial prefill from an earlier step not yet scheduled this step is preempted (recompute); when
+  there is none, the decode preempts itself.
+
+``window=N`` (a named option, not the source's) uses the mean of the last N batches instead.
 """
 from __future__ import annotations
 
 from collections import deque
 
+from llmsched_env.plan import BatchPlan
 from llmsched_env.scheduler import register
-
-from .plan_builder import PlanBuilder
 
 
 @register("slai")
@@ -44,16 +52,19 @@ class SLAIScheduler:
         max_decodes: most decodes per step (default 128).
         theta_low, theta_high: Theta below / at or above ``kv_threshold`` KV use (5, 10).
         kv_threshold: KV-use share switching Theta (0.96).
-        kv_reserve: share of the cache kept free at admission (0.01).
-        window: executed batches in the running mean batch time (64).
+        kv_reserve: share of the cache kept free at admission (0.01, the block manager's watermark).
+        window: batches in the mean batch time (None = all executed batches, the source's).
     """
 
     def __init__(self, token_budget: int | None = 512, max_decodes: int = 128, theta_low: float = 5.0,
                  theta_high: float = 10.0, kv_threshold: float = 0.96, kv_reserve: float = 0.01,
-                 window: int = 64):
-        if max_decodes < 1 or window < 1 or not 0 <= kv_reserve < 1 or not 0 < kv_threshold <= 1:
-            raise ValueError("slai needs max_decodes >= 1, window >= 1, 0 <= kv_reserve < 1 and "
+                 window: int | None = None):
+        if (max_decodes < 1 or (window is not None and window < 1) or not 0 <= kv_reserve < 1
+                or not 0 < kv_threshold <= 1):
+            raise ValueError("slai needs max_decodes >= 1, window None or >= 1, 0 <= kv_reserve < 1 and "
                              f"0 < kv_threshold <= 1 (got {max_decodes}, {window}, {kv_reserve}, {kv_threshold})")
+        if token_budget is not None and token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1 token, not {token_budget!r}")
         self.token_budget = token_budget
         self.max_decodes = max_decodes
         self.theta_low, self.theta_high = theta_low, theta_high
@@ -64,69 +75,118 @@ class SLAIScheduler:
 
     def reset(self) -> None:
         self._batch_times: deque[float] = deque(maxlen=self.window)
+        self._sum_s = 0.0
+        self._num_batches = 0
         self._last_busy = 0.0
+        self._lst: dict[int, tuple[int, float]] = {}  # rid -> (tokens emitted when queued, LST s)
 
     def mean_batch_s(self) -> float:
-        return sum(self._batch_times) / len(self._batch_times) if self._batch_times else 0.0
+        """Mean executed batch time, seconds (0 before the first batch)."""
+        if self.window is not None:
+            return sum(self._batch_times) / len(self._batch_times) if self._batch_times else 0.0
+        return self._sum_s / self._num_batches if self._num_batches else 0.0
+
+    def last_schedulable_s(self, rid: int) -> float:
+        """The LST a resident decode was queued with, seconds (as of the last ``schedule``)."""
+        return self._lst[rid][1]
 
     def admission_key(self, req, now: float) -> tuple:
-        """Order of new admissions (rule 3): tier (priority value), then shortest prefill, then
-        arrival. ``now`` (seconds) is for variants whose order depends on time."""
-        return (req.priority, req.prefill_target, req.arrival_s, req.rid)
+        """Order of new admissions (rule 3): tier (priority value), then prompt length (prompt +
+        generated, what a preempted request recomputes); ties keep queue order. ``now``
+        (seconds) is for variants whose order depends on time."""
+        return (req.priority, req.prompt_len + req.num_generated)
 
-    def schedule(self, engine):
+    def _observe(self, engine) -> None:
         latency = engine.busy_s - self._last_busy
         self._last_busy = engine.busy_s
         if latency > 0:
             self._batch_times.append(latency)
+            self._sum_s += latency
+            self._num_batches += 1
         cfg = engine.config
         theta = self.theta_low if engine.used_blocks < self.kv_threshold * cfg.num_kv_blocks else self.theta_high
         slack = theta * self.mean_batch_s()
-        now = engine.now_s
-        b = PlanBuilder(engine, self.token_budget)
-        running = list(engine.running.values())
-        prefills = [r for r in running if r.is_prefilling]
-        decodes = sorted((r.token_times[-1] + r.tbt_slo_s - slack, r.arrival_s, r.rid, r)
-                         for r in running if not r.is_prefilling)
-
-        def victim_for(req):
-            def pick():
-                for r in reversed(running):
-                    if r.is_prefilling and r.rid not in b.preempt:
-                        return r
-                return req
-            return pick
-
-        n_dec = 0
-        for lst, _, _, req in decodes:  # 1. urgent decodes
-            if lst > now or n_dec >= self.max_decodes or b.budget <= 0:
-                break
-            if req.rid not in b.preempt and b.add_or_preempt(req, 1, victim_for(req)):
-                n_dec += 1
-        for req in prefills:  # 2. ongoing prefills
-            if b.budget <= 0:
-                break
-            if req.rid not in b.preempt:
-                b.add_or_preempt(req, b.chunk(req), victim_for(req))
-        if not b.preempt:  # 3. new requests, shortest prefill first
-            bs = cfg.block_size
-            # The reserve is waived while nothing is resident, so no request is blocked for good.
-            promised = int(self.kv_reserve * cfg.num_kv_blocks) if running else 0
-            for r in prefills:
-                promised += max(0, -(-r.prefill_target // bs) - -(-(r.num_computed + b.tokens.get(r.rid, 0)) // bs))
-            for req in sorted(engine.iter_waiting(), key=lambda r: self.admission_key(r, now)):
-                if b.budget <= 0:
-                    break
-                n = b.chunk(req)
-                if -(-req.prefill_target // bs) > b.free - promised or not b.fits(req, n):
-                    break
-                b.add(req, n)
-                promised += -(-req.prefill_target // bs) - -(-n // bs)
-        for _, _, _, req in decodes:  # 4. leftover budget, LST order
-            if n_dec >= self.max_decodes or b.budget <= 0:
-                break
-            if req.rid in b.tokens or req.rid in b.preempt:
+        old, lst = self._lst, {}
+        for r in engine.running.values():
+            if r.is_prefilling:
                 continue
-            if b.add_or_preempt(req, 1, victim_for(req)):
-                n_dec += 1
-        return b.plan()
+            entry = old.get(r.rid)
+            if entry is None or entry[0] != r.num_generated:  # ran in the last batch: queued anew
+                entry = (r.num_generated, r.token_times[-1] + r.tbt_slo_s - slack)
+            lst[r.rid] = entry
+        self._lst = lst
+
+    def schedule(self, engine) -> BatchPlan:
+        self._observe(engine)
+        cfg = engine.config
+        bs = cfg.block_size
+        budget = cfg.max_num_batched_tokens if self.token_budget is None else min(
+            self.token_budget, cfg.max_num_batched_tokens)
+        now = engine.now_s
+        running = list(engine.running.values())
+        paused = [r for r in running if r.is_prefilling]  # partial prefills, admission order
+        promise = {r.rid: max(0, -(-r.prefill_target // bs) - r.num_blocks) for r in paused}
+        pool = engine.free_blocks - sum(promise.values())  # free blocks in the source's manager
+        decodes = sorted((self._lst[r.rid][1], r.arrival_s, r.rid, r) for r in running if not r.is_prefilling)
+        tokens: dict[int, int] = {}
+        preempt: list = []
+        used = 0
+        n_dec = 0
+
+        def decode(req) -> bool:
+            """Give decode ``req`` its token, preempting paused prefills (or itself) for a block."""
+            nonlocal pool, used
+            need = -(-(req.num_computed + 1) // bs) - req.num_blocks
+            while pool < max(need, 1):
+                if not paused:
+                    preempt.append(req)
+                    pool += req.num_blocks
+                    return False
+                victim = paused.pop()
+                preempt.append(victim)
+                pool += victim.num_blocks + promise[victim.rid]
+            tokens[req.rid] = 1
+            used += 1
+            pool -= need
+            return True
+
+        i = 0
+        while i < len(decodes) and used < budget and n_dec < self.max_decodes:  # 1. critical decodes
+            if decodes[i][0] > now:
+                break
+            n_dec += decode(decodes[i][3])
+            i += 1
+        while paused and used < budget:  # 2. partial prefills from earlier steps
+            req = paused.pop(0)
+            n = min(req.remaining_prefill, budget - used)
+            need = -(-(req.num_computed + n) // bs) - req.num_blocks
+            own = min(need, promise[req.rid])
+            if need - own > pool:
+                continue  # only when another scheduler produced this state (no promise kept)
+            tokens[req.rid] = n
+            used += n
+            pool -= need - own
+
+        # 3. new requests, shortest prompt first; this step's victims head the queue
+        queue = [*reversed(preempt), *engine.iter_waiting()]
+        victims = {r.rid for r in preempt}
+        order = sorted(range(len(queue)), key=lambda k: (self.admission_key(queue[k], now), k))
+        resident = len(running) - len(preempt)
+        reserve = int(self.kv_reserve * cfg.num_kv_blocks) if running else 0
+        for k in order:
+            req = queue[k]
+            if req.rid in victims:
+                break
+            gate = -(-req.prefill_target // bs)
+            n = min(req.prefill_target, budget - used)
+            if pool - gate < reserve or resident >= cfg.max_num_seqs or n < 1:
+                break
+            tokens[req.rid] = n
+            used += n
+            resident += 1
+            pool -= gate
+        for _, _, _, req in decodes[i:]:  # 4. the other decodes, LST order
+            if used >= budget or n_dec >= self.max_decodes:
+                break
+            n_dec += decode(req)
+        return BatchPlan(tokens, {r.rid for r in preempt})

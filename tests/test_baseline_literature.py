@@ -87,6 +87,55 @@ def test_slai_caps_decodes_and_admits_shortest_prompt_first():
     assert len(plan_of("slai", eng, max_decodes=2).tokens) == 2
 
 
+def test_slai_mean_batch_time_is_cumulative_and_lst_is_fixed_when_queued():
+    # A (relaxed) and B (urgent) prefill in one 0.0204 s batch; then budget 1 lets only B decode
+    # (0.0101 s batches). The mean is over every batch; A's LST stays what it was when queued.
+    eng = make_engine([spec(0, prompt=4, output=9, tbt=10.0), spec(1, prompt=100, output=9, tbt=1e-4)],
+                      budget=128)
+    eng.step(BatchPlan({0: 4, 1: 100}))
+    s = make_scheduler("slai", token_budget=1)
+    assert s.schedule(eng).tokens == {1: 1}
+    lst_a = s.last_schedulable_s(0)
+    assert lst_a == pytest.approx(eng.requests[0].token_times[-1] + 10.0 - 5 * 0.0204)
+    for _ in range(3):
+        eng.step(s.schedule(eng))
+    s.schedule(eng)
+    assert s.mean_batch_s() == pytest.approx((0.0204 + 3 * 0.0101) / 4)
+    assert s.last_schedulable_s(0) == lst_a                      # A has not run since it was queued
+    w = make_scheduler("slai", token_budget=1, window=2)
+    eng2 = make_engine([spec(0, prompt=4, output=9, tbt=10.0), spec(1, prompt=100, output=9, tbt=1e-4)],
+                       budget=128)
+    eng2.step(BatchPlan({0: 4, 1: 100}))
+    for _ in range(3):
+        eng2.step(w.schedule(eng2))
+    w.schedule(eng2)
+    assert w.mean_batch_s() == pytest.approx(0.0101)          # the named option: last 2 batches
+
+
+def test_slai_admits_in_the_step_that_preempted():
+    # D (urgent decode) needs a 3rd block; the only free blocks are promised to partial prefill P,
+    # so P is preempted; the short waiting W is still admitted in that step (vLLM's rule would not).
+    specs = [spec(0, prompt=8, output=5, tbt=1e-4), spec(1, arrival=0.001, prompt=24, output=2),
+             spec(2, arrival=0.002, prompt=2, output=2)]
+    eng = make_engine(specs, num_kv_blocks=8)
+    eng.step(BatchPlan({0: 8}))
+    eng.step(BatchPlan({1: 8}))                                # P: 8 of 24 computed, 4 blocks promised
+    p = plan_of("slai", eng, token_budget=3)
+    assert p.preempt == {1} and p.tokens == {0: 1, 2: 2}
+    assert plan_of("vllm-v1", eng, token_budget=3).preempt == set()
+
+
+def test_slai_leftover_decode_evicts_only_prefills_not_scheduled_this_step():
+    # Relaxed decode D (phase 4) needs a 3rd block; the free blocks are promised to partial prefill
+    # P, which phase 2 already scheduled, so D preempts itself instead of evicting P.
+    specs = [spec(0, prompt=8, output=5, tbt=10.0), spec(1, arrival=0.001, prompt=12, output=2)]
+    eng = make_engine(specs, num_kv_blocks=5)
+    eng.step(BatchPlan({0: 8}))
+    eng.step(BatchPlan({1: 4}))
+    p = plan_of("slai", eng)
+    assert p.tokens == {1: 8} and p.preempt == {0}
+
+
 # ------------------------------------------------------------------ srpt / sjf
 def test_srpt_admits_shortest_remaining_and_preempts_longer():
     eng = make_engine([spec(0, prompt=4, output=10), spec(1, prompt=4, output=2)], max_seqs=1)
