@@ -10,8 +10,8 @@ chunked prefill:
    preempt (recompute) running requests ranked *below* it, lowest first, skipping those
    ``preemptible`` protects, but only if enough can be freed; otherwise it is skipped this step,
    and if it was waiting no later-ranked waiting request is admitted this step (no overtaking
-   in the queue). Running requests below keep being scheduled. Subclasses whose keys grow with
-   service (EDF deadlines, MLFQ demotion) set ``preempt_for_waiting = False``: a *waiting*
+   in the queue). Running requests below keep being scheduled. A subclass may set
+   ``preempt_for_waiting = False`` (EDF, whose deadlines grow with service): a *waiting*
    request is then admitted only into free KV and seats, never by evicting a resident one,
    because with recompute preemption such keys make resident and waiting requests swap places
    every few steps (measured on splitwise_conv, 1000 requests, rate scale 4, 3000 KV blocks:

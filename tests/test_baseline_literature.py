@@ -172,7 +172,8 @@ def test_fastserve_skip_join_by_prefill_time():
     s = make_scheduler("fastserve")              # quanta 0.01, 0.02, 0.04 s ...
     assert s.join_level(8, eng) == 1             # 0.0108 s prefill
     assert s.join_level(200, eng) == 2           # 0.03 s
-    assert s.join_level(10 ** 6, eng) == 7       # longer than every quantum: the last level
+    assert s.join_level(10 ** 6, eng) == 14      # 100 s: levels are unbounded, as in FastServe
+    assert make_scheduler("fastserve", num_levels=8).join_level(10 ** 6, eng) == 7   # capped: the last
 
 
 def test_fastserve_demotes_after_quantum_and_ranks_by_level():
@@ -190,6 +191,20 @@ def test_fastserve_demotes_after_quantum_and_ranks_by_level():
     # prompt 1 (level 3, earlier id), which gets no budget; FCFS would run 0 then 1.
     assert list(p.tokens.items()) == [(2, 8), (0, 1)] and not p.preempt
     assert list(plan_of("vllm-v1", eng).tokens.items()) == [(0, 1), (1, 8)]
+
+
+def test_fastserve_higher_priority_arrival_displaces_lower_priority_residents():
+    # Resident 0 (long prompt: level 2) fills the cache; short arrival 1 joins level 1, ranks
+    # first and evicts 0 for its blocks (FastServe's reserve_free_blocks). Under recompute this
+    # is not the default (see the module docstring): there 1 waits for free KV.
+    specs = [spec(0, prompt=200, output=4), spec(1, arrival=0.001, prompt=8, output=2)]
+    for opts, preempt, tokens in (({"displace": True}, {0}, {1: 8}), ({}, set(), {0: 1})):
+        eng = make_engine(specs, num_kv_blocks=51, budget=256)
+        s = make_scheduler("fastserve", **opts)
+        eng.step(s.schedule(eng))
+        p = s.schedule(eng)
+        assert (s.level(0), s.level(1)) == (2, 1)
+        assert p.preempt == preempt and p.tokens == tokens
 
 
 def test_fastserve_starvation_promotes_to_top():
