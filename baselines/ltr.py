@@ -1,19 +1,23 @@
 """LTR: learning-to-rank scheduling by predicted output length, with a starvation guard.
 
-Source: Fu et al., "Efficient LLM Scheduling by Learning to Rank", NeurIPS 2024; code
-hao-ai-lab/vllm-ltr. Each step all waiting and running requests are ranked by a predictor's score
-and the batch is filled in rank order; a request that has not been scheduled for S consecutive
-steps gets boosted priority for P steps (the authors' runs: S = 200, P = 10).
+Source: Fu et al., "Efficient LLM Scheduling by Learning to Rank", NeurIPS 2024. Code read: the
+authors' vLLM fork hao-ai-lab/vllm-ltr (commit 13bbf6f), ``vllm/core/scheduler.py``
+(``_get_opt_ordered_requests``: starvation promotion and the (pri, -score) order;
+``_general_schedule``: the ``idle`` / ``runs`` counters after each step). Each step all waiting and
+running requests are ranked by a predictor's score and the batch is filled in rank order; a
+request that has not been scheduled for S consecutive steps is boosted for its next P executed
+runs (the authors' runs: S = 200, P = 10).
 
 Rules: the rank loop of ``baselines/ranked.py`` (chunked prefill, token budget = the engine's,
-lower-ranked running requests preempted when a higher-ranked one lacks KV or a slot), key
-(not boosted, score). The learned ranker is replaced by a length predictor
-(``baselines/length_predictor.py``, default ``auto``: the workload's predictions when present,
-else a simulated noisy predictor with lognormal error 0.5, which scores a long/short pair in the
-right order far more often than not, like the paper's ranker); score = predicted total output
-length (``score="remaining"``: predicted remaining). Starvation: per request, ``idle`` counts
-consecutive steps in which it was not scheduled (waiting or resident); at ``idle >= starve_steps``
-it is boosted for ``boost_steps`` steps and its counter restarts.
+lower-ranked running requests preempted when a higher-ranked one lacks KV or a slot; the source
+swaps them out, this engine recomputes), key (not boosted, score). The learned ranker is
+replaced by a length predictor (``baselines/length_predictor.py``, default ``auto``: the
+workload's predictions when present, else a simulated noisy predictor with lognormal error 0.5,
+which scores a long/short pair in the right order far more often than not, like the paper's
+ranker); score = predicted total output length (``score="remaining"``: predicted remaining).
+Starvation: per request, ``idle`` counts consecutive steps in which it was not scheduled
+(waiting or resident); at ``idle >= starve_steps`` it is boosted with ``boost_steps`` runs, which
+count down only in steps that schedule it, and its counter restarts.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ class LTRScheduler(RankedScheduler):
         seed: seed of the noisy predictor.
         score: "total" (default) or "remaining" predicted output tokens.
         starve_steps: idle steps before a boost (S, default 200).
-        boost_steps: steps a boost lasts (P, default 10).
+        boost_steps: executed runs a boost lasts (P, default 10).
         token_budget: per-step token budget, tokens (None = the engine's).
     """
 
@@ -53,7 +57,7 @@ class LTRScheduler(RankedScheduler):
     def reset(self) -> None:
         self.predict.reset()
         self._idle: dict[int, int] = {}
-        self._boost: dict[int, int] = {}  # rid -> boosted steps left
+        self._boost: dict[int, int] = {}  # rid -> boosted runs left
 
     def key(self, req, engine):
         est = self.predict(req)
@@ -64,13 +68,12 @@ class LTRScheduler(RankedScheduler):
         idle, boost, tokens = self._idle, self._boost, plan.tokens
         for req in order:
             rid = req.rid
-            left = boost.get(rid, 0)
-            if left > 0:
+            if rid in tokens:
+                left = boost.get(rid, 0)
                 if left == 1:
                     del boost[rid]
-                else:
+                elif left > 1:
                     boost[rid] = left - 1
-            if rid in tokens:
                 idle[rid] = 0
                 continue
             i = idle.get(rid, 0) + 1

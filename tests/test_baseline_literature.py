@@ -237,6 +237,20 @@ def test_ltr_starvation_boost():
         assert (order.index(eng.requests[0]) < 7) == expect_early
 
 
+def test_ltr_boost_counts_runs_not_steps():
+    # vllm-ltr decrements a boosted request's runs only in steps that schedule it.
+    eng = make_engine([spec(0, prompt=4, output=5), spec(1, prompt=4, output=5)])
+    s = make_scheduler("ltr", starve_steps=50, boost_steps=2)
+    order = [eng.requests[0], eng.requests[1]]
+    s._boost[1] = 2
+    for _ in range(5):
+        s._after_plan(eng, order, BatchPlan({0: 4}))             # 1 waits: still boosted
+    assert s._boost[1] == 2 and s.key(eng.requests[1], eng)[0] == 0
+    s._after_plan(eng, order, BatchPlan({1: 4}))
+    s._after_plan(eng, order, BatchPlan({1: 1}))
+    assert 1 not in s._boost and s.key(eng.requests[1], eng)[0] == 1
+
+
 # ------------------------------------------------------------------ edf
 def test_edf_orders_by_next_token_deadline():
     specs = [spec(0, prompt=4, output=3, ttft=5.0), spec(1, prompt=4, output=3, ttft=0.1)]
