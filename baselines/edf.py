@@ -1,8 +1,10 @@
 """EDF: earliest deadline first, on per-token deadlines.
 
-Source: Liu and Layland's earliest-deadline-first (JACM 1973), applied per token as in SLO-aware
-LLM schedulers (e.g. Andes, Liu et al. 2024; SLOs-Serve, 2025): a request's next deadline is its
-TTFT target while it has no token, and its next-token (TBT) target after that.
+This scheduler is this project's construction, not a port: no serving system's code defines it.
+It applies Liu and Layland's earliest-deadline-first (JACM 1973) per token, the idea behind
+SLO-aware LLM schedulers such as Andes (Liu et al. 2024) and SLOs-Serve (2025), whose own rules
+differ: a request's next deadline is its TTFT target while it has no token, and its next-token
+(TBT) target after that.
 
 Rules: the rank loop of ``baselines/ranked.py`` (chunked prefill, token budget = the engine's,
 lower-ranked running requests preempted when an earlier-deadline one lacks KV or a slot) with key

@@ -3,7 +3,11 @@
 Source: the classic size-based policies (Schrage 1968, SRPT; SJF), as applied to LLM serving
 with predicted output lengths, e.g. Qiu et al., "Efficient Interactive LLM Serving with Proxy
 Model-based Sequence Length Prediction" (SSJF, 2024) and Fu et al., "Efficient LLM Scheduling by
-Learning to Rank" (2024), which also bounds preemption of nearly finished requests.
+Learning to Rank" (2024). The limited-preemption rule is TRAIL's (Shahout et al., "Don't Stop Me
+Now: Embedding Based Scheduling for LLMs", ICLR 2025, arXiv 2410.01035): its SRPT variant allows
+preemption early in a request's execution and forbids it once the request is a fraction of the
+way through its predicted length. Only the paper was read (no TRAIL code was found in the public
+code index); the fraction is this module's ``preempt_limit``.
 
 Rules: the rank loop of ``baselines/ranked.py`` (rank all waiting + running requests each step,
 fill the token budget in rank order with chunked prefill, preempt lower-ranked running requests
