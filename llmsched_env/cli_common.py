@@ -36,6 +36,9 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--oversize", choices=["error", "drop", "clip"], default="error",
                    help="requests longer than the model's context: reject (default), drop, or clip the prompt")
     g.add_argument("--predictor-error", type=float, help="relative std of a noisy output-length predictor")
+    g.add_argument("--max-tokens", type=int, help="every request's output cap (what practical schedulers know; "
+                                                  "longer outputs are cut to it); default: the trace's max_tokens "
+                                                  "column if any, else the model's context left after the prompt")
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -85,7 +88,7 @@ def workload_from_args(a, max_total_len: int | None = None) -> WorkloadConfig:
                               window_start=window, prompt_len=a.prompt_len, output_len=a.output_len,
                               slo_classes=tiers, oversize=a.oversize,
                               max_total_len=max_total_len if a.oversize != "error" else None,
-                              predictor_error=a.predictor_error, seed=a.seed)
+                              predictor_error=a.predictor_error, max_tokens=a.max_tokens, seed=a.seed)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 

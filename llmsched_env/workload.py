@@ -3,7 +3,9 @@
 Arrivals: Poisson at ``rate`` req/s, Gamma inter-arrivals with coefficient of variation ``cv``
 (cv > 1 is bursty; cv = 1 is Poisson), or a trace's own timestamps divided by ``rate_scale``.
 Lengths: from a trace CSV (``num_prefill_tokens``, ``num_decode_tokens``), fixed, uniform or
-lognormal. SLOs: by class (e.g. a strict and a relaxed tier), assigned at random by weight.
+lognormal. Output caps (``max_tokens``, what a practical scheduler knows of a request's length,
+as opposed to its true output length): a fixed cap, else the trace's ``max_tokens`` column when it
+has one, else none (the engine then uses the model's context left after the prompt). SLOs: by class (e.g. a strict and a relaxed tier), assigned at random by weight.
 Everything is drawn from one ``numpy.random.Generator`` seeded by ``seed``: same config, same
 requests.
 """
@@ -22,7 +24,7 @@ import numpy as np
 from .data import trace_path
 from .request import RequestSpec
 
-PROMPT_COL, OUTPUT_COL, TIME_COL = "num_prefill_tokens", "num_decode_tokens", "arrived_at"
+PROMPT_COL, OUTPUT_COL, TIME_COL, MAX_TOKENS_COL = "num_prefill_tokens", "num_decode_tokens", "arrived_at", "max_tokens"
 
 
 class TraceError(ValueError):
@@ -31,12 +33,14 @@ class TraceError(ValueError):
 
 @dataclass(frozen=True)
 class Trace:
-    """A validated request trace. ``arrival_s`` is None when the trace has no timestamps."""
+    """A validated request trace. ``arrival_s`` is None when the trace has no timestamps,
+    ``max_tokens`` when it has no ``max_tokens`` column."""
 
     path: str
     prompt_len: np.ndarray
     output_len: np.ndarray
     arrival_s: Optional[np.ndarray]
+    max_tokens: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.prompt_len)
@@ -59,7 +63,7 @@ def load_trace(path: str | os.PathLike, need_timestamps: bool = False) -> Trace:
     Raises:
         FileNotFoundError: no such file.
         TraceError: a missing column, a non-numeric / non-positive length, a negative,
-            non-numeric or decreasing timestamp.
+            non-numeric or decreasing timestamp, a ``max_tokens`` below the row's output length.
     """
     p = trace_path(str(path))
     st = p.stat()
@@ -77,11 +81,18 @@ def _load_trace_cached(path: str, mtime_ns: int, need_timestamps: bool) -> Trace
         if missing:
             raise TraceError(f"{p}, row 1 (header): missing column(s) {missing}; found {cols}")
         has_t = TIME_COL in cols
-        prompts, outputs, times = [], [], []
+        has_cap = MAX_TOKENS_COL in cols
+        prompts, outputs, times, caps = [], [], [], []
         last_t = -math.inf
         for line, row in enumerate(reader, start=2):
             prompts.append(_positive_int(row[PROMPT_COL], p, line, PROMPT_COL))
             outputs.append(_positive_int(row[OUTPUT_COL], p, line, OUTPUT_COL))
+            if has_cap:
+                cap = _positive_int(row[MAX_TOKENS_COL], p, line, MAX_TOKENS_COL)
+                if cap < outputs[-1]:
+                    raise TraceError(f"{p}, row {line}, column {MAX_TOKENS_COL!r}: {cap} < the row's "
+                                     f"{OUTPUT_COL} {outputs[-1]}; a cap must allow the true output length")
+                caps.append(cap)
             if has_t:
                 raw = row[TIME_COL]
                 try:
@@ -98,7 +109,7 @@ def _load_trace_cached(path: str, mtime_ns: int, need_timestamps: bool) -> Trace
     if not prompts:
         raise TraceError(f"{p}: no requests (only a header)")
     return Trace(str(p), np.array(prompts, dtype=np.int64), np.array(outputs, dtype=np.int64),
-                 np.array(times) if has_t else None)
+                 np.array(times) if has_t else None, np.array(caps, dtype=np.int64) if has_cap else None)
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,9 @@ class WorkloadConfig:
             "clip" (clip the prompt so prompt + output fits).
         max_total_len: context limit for ``oversize`` (None = no limit here; the engine checks).
         predictor_error: relative std of a noisy output-length predictor (None = no predictor).
+        max_tokens: every request's output cap, tokens (a server stops a request there, so a
+            longer true output is cut to it); None = the trace's ``max_tokens`` column when it has
+            one, else no cap here (the engine uses the model's context left after the prompt).
         seed: seed of every random choice.
     """
 
@@ -166,6 +180,7 @@ class WorkloadConfig:
     oversize: str = "error"
     max_total_len: Optional[int] = None
     predictor_error: Optional[float] = None
+    max_tokens: Optional[int] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -188,6 +203,8 @@ class WorkloadConfig:
             errs.append("prompt_len and output_len must be >= 1")
         if not self.slo_classes or any(c.weight <= 0 for c in self.slo_classes):
             errs.append("slo_classes must be non-empty with positive weights")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            errs.append(f"max_tokens={self.max_tokens!r} must be a positive number of tokens or None")
         if self.oversize not in ("error", "drop", "clip"):
             errs.append(f"oversize={self.oversize!r} must be error, drop or clip")
         if errs:
@@ -235,9 +252,12 @@ def build_workload(cfg: WorkloadConfig) -> list[RequestSpec]:
         arrivals = np.cumsum(rng.gamma(shape, 1.0 / (cfg.rate * shape), n))
         arrivals -= arrivals[0]
 
+    caps = None
     if cfg.lengths == "trace":
         prompts = trace.prompt_len[idx].copy()
         outputs = trace.output_len[idx].copy()
+        if trace.max_tokens is not None:
+            caps = trace.max_tokens[idx]
     elif cfg.lengths == "fixed":
         prompts = np.full(n, cfg.prompt_len)
         outputs = np.full(n, cfg.output_len)
@@ -257,12 +277,17 @@ def build_workload(cfg: WorkloadConfig) -> list[RequestSpec]:
     specs = []
     for i in range(n):
         p, o = int(prompts[i]), int(outputs[i])
+        cap = cfg.max_tokens if cfg.max_tokens is not None else (None if caps is None else int(caps[i]))
+        if cap is not None and o > cap:
+            o = cap
         if cfg.max_total_len is not None and p + o > cfg.max_total_len:
             if cfg.oversize == "drop":
                 continue
             if cfg.oversize == "clip":
                 p = max(1, cfg.max_total_len - o)
                 o = min(o, cfg.max_total_len - p)
+                if cap is not None and p + cap > cfg.max_total_len:
+                    cap = max(o, cfg.max_total_len - p)
             else:
                 raise ValueError(f"request {i} (trace row {int(idx[i]) + 2 if idx is not None else '-'}): "
                                  f"prompt {p} + output {o} > max_total_len {cfg.max_total_len}; "
@@ -271,7 +296,7 @@ def build_workload(cfg: WorkloadConfig) -> list[RequestSpec]:
         pred = None if noise is None else max(1, int(round(o * noise[i])))
         specs.append(RequestSpec(rid=i, arrival_s=float(arrivals[i]), prompt_len=p, output_len=o,
                                  ttft_slo_s=c.ttft_s, tbt_slo_s=c.tbt_s, slo_class=c.name,
-                                 priority=c.priority, predicted_output_len=pred))
+                                 priority=c.priority, predicted_output_len=pred, max_tokens=cap))
     if not specs:
         raise ValueError(f"every one of the {n} requests is longer than max_total_len {cfg.max_total_len} "
                          "tokens and oversize='drop' left nothing to serve; use oversize='clip', a larger "

@@ -86,3 +86,24 @@ def test_oversize_policies(tmp_path):
 def test_bad_config_is_rejected(kw, match):
     with pytest.raises(ValueError, match=match):
         WorkloadConfig(**kw)
+
+
+def test_max_tokens_fixed_cap_trace_column_or_none(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("num_prefill_tokens,num_decode_tokens,max_tokens\n10,5,8\n20,30,30\n")
+    base = dict(lengths="trace", trace=str(f), num_requests=2, window_start=0)
+    specs = build_workload(WorkloadConfig(**base))
+    assert [(s.output_len, s.max_tokens) for s in specs] == [(5, 8), (30, 30)]          # the column
+    specs = build_workload(WorkloadConfig(**base, max_tokens=16))
+    assert [(s.output_len, s.max_tokens) for s in specs] == [(5, 16), (16, 16)]         # cut at the cap
+    specs = build_workload(WorkloadConfig(lengths="fixed", output_len=7, num_requests=2))
+    assert [s.max_tokens for s in specs] == [None, None]                                # engine: context left
+
+
+def test_max_tokens_column_below_the_output_is_a_named_error(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("num_prefill_tokens,num_decode_tokens,max_tokens\n10,5,8\n20,30,12\n")
+    with pytest.raises(TraceError, match=r"row 3, column 'max_tokens': 12 < the row's num_decode_tokens 30"):
+        load_trace(f)
+    with pytest.raises(ValueError, match="max_tokens=0 must be a positive"):
+        WorkloadConfig(max_tokens=0)
