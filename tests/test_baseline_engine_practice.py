@@ -179,3 +179,59 @@ def test_no_preempt_reserves_lifetime_and_never_preempts_where_sarathi_does():
     s = run(eng, make_scheduler("no-preempt"))
     assert s["num_preemptions"] == 0 and s["num_finished"] == 2
     assert eng.requests[1].admitted_s >= eng.requests[0].finish_s    # 7 + 7 lifetime blocks > 12
+
+
+# ------------------------------------------------------------------ sglang
+def _sglang_state(output=150):
+    # R decodes with max_tokens 200 (true output ``output``); W waits: 40 prompt, max_tokens 100.
+    # 64 blocks of 4 = 256 tokens; after R's prefill 62 blocks (248 tokens) are free.
+    eng = make_engine([spec(0, prompt=8, output=output, max_tokens=200),
+                       spec(1, arrival=0.001, prompt=40, output=5, max_tokens=100)], num_kv_blocks=64)
+    eng.step(BatchPlan({0: 8}))
+    return eng
+
+
+def test_sglang_reserves_the_decaying_ratio_of_running_max_tokens_and_prefills_alone():
+    s = make_scheduler("sglang")
+    eng = _sglang_state()
+    # rem_total = 248 - min(200 - 1, 4096) x 0.7 = 108.7 < 40 + 100: W waits, R decodes.
+    assert s.schedule(eng).tokens == {0: 1} and s._full
+    s.new_token_ratio = s.min_ratio                              # 0.098: 248 - 19.5 > 140 ...
+    assert s.schedule(eng).tokens == {0: 1}                      # ... but the batch stays full
+    s._full = False
+    assert s.schedule(eng).tokens == {1: 40}                     # a prefill-only batch
+    # the true output length plays no part: same plans with another one
+    t = make_scheduler("sglang")
+    eng2 = _sglang_state(output=3)
+    assert t.schedule(eng2).tokens == {0: 1}
+
+
+def test_sglang_ratio_decays_per_decode_step_and_resets_on_retraction():
+    s = make_scheduler("sglang")
+    assert (s.init_ratio, s.min_ratio) == (0.7, pytest.approx(0.098))
+    eng = _sglang_state()
+    eng.step(s.schedule(eng))
+    assert s.new_token_ratio == pytest.approx(0.7 - (0.7 - 0.098) / 600)
+    # Retraction: 4 blocks; A (2 generated) and B (1 generated, longer prompt) both need a block.
+    eng = make_engine([spec(0, prompt=4, output=9, max_tokens=50), spec(1, prompt=8, output=9, max_tokens=60),
+                       spec(2, arrival=0.05, prompt=2, output=2)], num_kv_blocks=4)
+    eng.step(BatchPlan({0: 4}))
+    eng.step(BatchPlan({0: 1, 1: 8}))                            # A: 5 tokens, B: 8 tokens, cache full
+    for _ in range(3):
+        eng.step(BatchPlan({0: 1}))
+    s = make_scheduler("sglang")
+    s._full = True                                               # no prefill attempt: decode step
+    p = s.schedule(eng)
+    assert p.preempt == {1} and p.tokens == {0: 1}               # fewest generated goes first
+    assert s.new_token_ratio == pytest.approx((5 + 20) / (50 + 1))
+    eng.step(p)
+    assert [r.rid for r in s._queue(eng)] == [2, 1]              # retracted join the back
+
+
+def test_sglang_lof_orders_the_queue_by_max_tokens():
+    specs = [spec(0, prompt=4, output=2, max_tokens=10), spec(1, prompt=4, output=2, max_tokens=90),
+             spec(2, prompt=4, output=2, max_tokens=40)]
+    eng = make_engine(specs, max_seqs=2)
+    assert list(plan_of("sglang", eng).tokens) == [0, 1]
+    assert list(plan_of("sglang", eng, policy="lof").tokens) == [1, 2]
+
