@@ -235,3 +235,41 @@ def test_sglang_lof_orders_the_queue_by_max_tokens():
     assert list(plan_of("sglang", eng).tokens) == [0, 1]
     assert list(plan_of("sglang", eng, policy="lof").tokens) == [1, 2]
 
+
+# ------------------------------------------------------------------ lightllm
+def test_lightllm_peak_is_max_over_k_of_remaining_times_k_plus_held():
+    from baselines.lightllm import LightLLMScheduler
+    # sorted by remaining: (5, 8), (10, 5), (20, 1) -> max(8 + 5, 2 x 5 + 15, 3 x 1 + 35) = 38
+    assert LightLLMScheduler.peak_tokens([(10, 5), (20, 1), (5, 8)]) == 38
+
+
+def test_lightllm_admits_by_predicted_peak_kv_of_max_tokens():
+    # 64 blocks of 4 = 256 tokens. R runs (prompt 8, max_tokens 100); W (prompt 8) would fit the
+    # free KV now, but with max_tokens 100 the peak (R: 9 + 98, W: 9 + 98 -> 98 x 2 + 18 = 214)
+    # fits while max_tokens 150 (148 x 2 + 18 = 314) does not.
+    for cap, admitted in ((100, True), (150, False)):
+        for true_output in (3, 90):                         # the true length plays no part
+            eng = make_engine([spec(0, prompt=8, output=true_output, max_tokens=cap),
+                               spec(1, arrival=0.001, prompt=8, output=2, max_tokens=cap)], num_kv_blocks=64)
+            s = make_scheduler("lightllm", max_wait_tokens=0)
+            eng.step(s.schedule(eng))
+            assert (s.schedule(eng).tokens == {1: 8}) == admitted
+
+
+def test_lightllm_tries_admission_every_max_wait_tokens_decode_steps_with_prefill_only_batches():
+    eng = make_engine([spec(0, prompt=8, output=40, max_tokens=40), spec(1, arrival=0.001, prompt=8, output=2,
+                                                                           max_tokens=10)], num_kv_blocks=64)
+    s = make_scheduler("lightllm", max_wait_tokens=3)
+    plans = []
+    for _ in range(5):
+        plans.append(dict(s.schedule(eng).tokens))
+        eng.step(BatchPlan(plans[-1]))
+    assert plans == [{0: 8}, {0: 1}, {0: 1}, {0: 1}, {1: 8}]
+
+
+def test_lightllm_pauses_the_latest_arrival_when_decodes_do_not_fit():
+    eng = make_engine([spec(0, prompt=8, output=9), spec(1, arrival=0.001, prompt=8, output=9)], num_kv_blocks=4)
+    eng.step(BatchPlan({0: 8}))
+    eng.step(BatchPlan({1: 8}))                             # 4 blocks used, both need a 3rd
+    p = plan_of("lightllm", eng)
+    assert p.preempt == {1} and not p.tokens
