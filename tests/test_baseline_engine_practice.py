@@ -273,3 +273,46 @@ def test_lightllm_pauses_the_latest_arrival_when_decodes_do_not_fit():
     eng.step(BatchPlan({1: 8}))                             # 4 blocks used, both need a 3rd
     p = plan_of("lightllm", eng)
     assert p.preempt == {1} and not p.tokens
+
+
+# ------------------------------------------------------------------ trtllm
+def test_trtllm_no_evict_reserves_max_tokens_not_the_true_output():
+    # 20 blocks of 4. Each request: prompt 8, true output 4, max_tokens 32 -> reserves 10 blocks.
+    specs = [spec(i, prompt=8, output=4, max_tokens=32) for i in range(3)]
+    eng = make_engine(specs, num_kv_blocks=20)
+    assert plan_of("trtllm-no-evict", eng).tokens == {0: 8, 1: 8}     # 10 + 10 blocks; 2 waits
+    assert plan_of("no-preempt", eng, watermark=0.0).tokens == {0: 8, 1: 8, 2: 8}  # oracle: 3 x 3 blocks
+    eng = make_engine(specs, num_kv_blocks=20)
+    s = run(eng, make_scheduler("trtllm-no-evict"))
+    assert s["num_finished"] == 3 and s["num_preemptions"] == 0
+    assert eng.requests[2].admitted_s >= min(eng.requests[0].finish_s, eng.requests[1].finish_s)
+
+
+def test_trtllm_no_evict_caps_the_reservation_at_the_attention_window():
+    # max_tokens resolves to max_model_len - prompt = 56; 16 tokens of KV -> 4 blocks per request
+    # would be 16 blocks, capped at the cache (8 blocks): only one request at a time fits.
+    specs = [spec(0, prompt=8, output=4), spec(1, prompt=8, output=4)]
+    eng = make_engine(specs, num_kv_blocks=8, max_model_len=64)
+    assert plan_of("trtllm-no-evict", eng).tokens == {0: 8}
+
+
+def test_trtllm_max_util_schedules_by_one_step_need_and_pauses_the_last_started():
+    specs = [spec(0, prompt=8, output=9, max_tokens=100), spec(1, arrival=0.001, prompt=8, output=9, max_tokens=100)]
+    eng = make_engine(specs, num_kv_blocks=5)
+    eng.step(BatchPlan({0: 8}))
+    assert plan_of("trtllm-max-util", eng).tokens == {0: 1, 1: 8}    # 1 + 2 blocks of the 3 free
+    assert plan_of("trtllm-no-evict", eng).tokens == {0: 1}          # 0's max_tokens reserve takes all
+    eng.step(BatchPlan({0: 1, 1: 8}))                                  # 5 of 5 blocks used
+    p = plan_of("trtllm-max-util", eng)
+    assert p.preempt == {1} and p.tokens == {0: 1}                     # 1 needs a block: the last started pauses
+
+
+def test_trtllm_chunked_context_first_come_first_served_in_whole_blocks():
+    specs = [spec(0, prompt=4, output=9, max_tokens=10), spec(1, prompt=30, output=2, max_tokens=10),
+             spec(2, prompt=30, output=2, max_tokens=10)]
+    eng = make_engine(specs, budget=64)
+    eng.step(BatchPlan({0: 4}))
+    p = plan_of("trtllm-no-evict", eng, chunked_prefill=True, token_budget=40)
+    assert p.tokens == {0: 1, 1: 30, 2: 8}                             # 9 tokens left -> 8 (2 blocks)
+    with pytest.raises(PromptExceedsBudget):
+        plan_of("trtllm-no-evict", make_engine([spec(0, prompt=100, output=2)], budget=64))
