@@ -23,7 +23,7 @@ llmsched                    vLLM v1
 ``priority``                ``priority`` (lower = more important, as in both)
 ``predicted_output_len``    ``None`` (vLLM has no length predictor)
 ``output_len``              unknown inside vLLM: reading it raises ``OracleUnavailable``
-``max_output_len``          ``max_tokens`` (a cap, not the true length)
+``max_tokens``              ``max_tokens`` (a cap, not the true length; also ``max_output_len``)
 ``ttft_slo_s/tbt_slo_s``    ``LLMSCHED_TTFT_SLO_S`` / ``LLMSCHED_TBT_SLO_S`` (default inf)
 ``token_times``             hook-clock times of the steps that produced the request's tokens
 ``first/last_scheduled_s``  hook-clock times of the request's first and latest scheduled step
@@ -129,6 +129,11 @@ class VLLMRequestView:
     @property
     def max_output_len(self) -> int:
         """The request's ``max_tokens`` cap (tokens); not its true length."""
+        return self._req.max_tokens
+
+    @property
+    def max_tokens(self) -> int:
+        """The request's ``max_tokens`` cap (tokens), named as ``Request.max_tokens``."""
         return self._req.max_tokens
 
     @property

@@ -20,7 +20,7 @@ from llmsched_env.cost_model import LinearCostModel  # noqa: E402
 from llmsched_env.engine import Engine, EngineConfig  # noqa: E402
 from llmsched_env.plan import BatchPlan  # noqa: E402
 from llmsched_env.request import RequestSpec  # noqa: E402
-from llmsched_env.scheduler import REGISTRY, available_schedulers, make_scheduler  # noqa: E402
+from llmsched_env.scheduler import REGISTRY, available_schedulers, make_scheduler, parse_spec  # noqa: E402
 
 BLOCK = 16
 
@@ -99,8 +99,8 @@ def test_every_registered_scheduler_runs_inside_vllm(model_config):
 
 def simulate_plans(policy_name, lengths, num_kv_blocks, budget, max_seqs, **options):
     """The same workload in the llmsched Engine: the plans the policy makes there."""
-    specs = [RequestSpec(rid=i, arrival_s=0.0, prompt_len=p, output_len=o)
-             for i, (p, o) in enumerate(lengths)]
+    specs = [RequestSpec(rid=i, arrival_s=0.0, prompt_len=p, output_len=o, max_tokens=o)
+             for i, (p, o) in enumerate(lengths)]  # max_tokens as vllm_request sets it
     eng = Engine(specs, EngineConfig(num_kv_blocks=num_kv_blocks, block_size=BLOCK,
                                      max_num_batched_tokens=budget, max_num_seqs=max_seqs),
                  LinearCostModel(base_s=0.01, per_token_s=1e-4))
@@ -118,11 +118,13 @@ LENGTHS = [(40, 6), (70, 3), (20, 12), (100, 5), (9, 20), (33, 4)]
 
 def _registered(name):
     return pytest.param(name, marks=pytest.mark.skipif(
-        name not in available_schedulers(), reason=f"scheduler {name!r} not registered here"))
+        parse_spec(name)[0] not in available_schedulers(), reason=f"scheduler {name!r} not registered here"))
 
 
 @pytest.mark.parametrize("policy", [_registered("fcfs"), _registered("vllm-v1"),
-                                    _registered("sarathi")])
+                                    _registered("sarathi"), _registered("sglang"),
+                                    _registered("trtllm-no-evict:chunked_prefill=true"),
+                                    _registered("trtllm-max-util:chunked_prefill=true")])
 def test_heuristic_inside_vllm_makes_the_simulators_plans(model_config, policy):
     """A heuristic scheduling vLLM makes the same plans, step for step, as in the llmsched
     engine on the same workload and limits, and vLLM carries out each plan exactly, including
