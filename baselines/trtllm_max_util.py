@@ -26,12 +26,7 @@ from .trtllm import TRTLLMScheduler
 
 @register("trtllm-max-util")
 class TRTLLMMaxUtilScheduler(TRTLLMScheduler):
-    """TensorRT-LLM MAX_UTILIZATION (see the module docstring).
-
-    Args:
-        chunked_prefill: chunk context requests to the token budget (default False).
-        token_budget: ``max_num_tokens`` per step, tokens (None = the engine's).
-    """
+    """TensorRT-LLM MAX_UTILIZATION (see the module docstring); options as ``TRTLLMScheduler``'s."""
 
     def capacity(self, engine, active):
         cfg = engine.config

@@ -34,12 +34,7 @@ def remaining_blocks_to_completion(req, engine) -> int:
 
 @register("trtllm-no-evict")
 class TRTLLMNoEvictScheduler(TRTLLMScheduler):
-    """TensorRT-LLM GUARANTEED_NO_EVICT (see the module docstring).
-
-    Args:
-        chunked_prefill: chunk context requests to the token budget (default False).
-        token_budget: ``max_num_tokens`` per step, tokens (None = the engine's).
-    """
+    """TensorRT-LLM GUARANTEED_NO_EVICT (see the module docstring); options as ``TRTLLMScheduler``'s."""
 
     def capacity(self, engine, active):
         cap = engine.config.max_num_seqs
