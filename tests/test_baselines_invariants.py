@@ -89,3 +89,56 @@ def test_scheduler_serves_request_needing_the_whole_cache(name):
     eng = make_engine(specs, num_kv_blocks=100, block_size=4, budget=512, max_seqs=4, max_model_len=401)
     run(eng, buildable(name), max_steps=5_000)
     assert eng.done
+
+
+class NoOracle:
+    """A request as a live server sees it: reading the true output length fails."""
+
+    def __init__(self, req):
+        self._req = req
+
+    def __getattr__(self, name):
+        if name in ("output_len", "remaining_output"):
+            raise AssertionError(f"a practical scheduler read request {self._req.rid}'s true {name}")
+        return getattr(self._req, name)
+
+
+class NoOracleView:
+    """The engine with every request wrapped in ``NoOracle`` (the same wrapper each time)."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._wrapped = {}
+
+    def _w(self, req):
+        w = self._wrapped.get(req.rid)
+        if w is None:
+            w = self._wrapped[req.rid] = NoOracle(req)
+        return w
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    @property
+    def running(self):
+        return {rid: self._w(r) for rid, r in self._engine.running.items()}
+
+    @property
+    def requests(self):
+        return {rid: self._w(r) for rid, r in self._engine.requests.items()}
+
+    def iter_waiting(self):
+        return (self._w(r) for r in self._engine.iter_waiting())
+
+
+@pytest.mark.parametrize("name", ["sglang", "sglang:policy=lof", "lightllm", "trtllm-no-evict",
+                                  "trtllm-max-util", "trtllm-max-util:chunked_prefill=true"])
+def test_practical_schedulers_never_read_the_true_output_length(name):
+    specs = random_workload(3)
+    eng = make_engine(specs, num_kv_blocks=30, block_size=4, budget=BUDGET, max_seqs=6, max_model_len=BUDGET)
+    sched = make_scheduler(name)
+    steps = 0
+    while not eng.done and steps < 20_000:
+        eng.step(sched.schedule(NoOracleView(eng)))
+        steps += 1
+    assert eng.done
