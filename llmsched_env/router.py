@@ -17,7 +17,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
-from .scheduler import parse_spec
+from .scheduler import parse_spec, registrar
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +66,7 @@ class UnknownRouter(KeyError):
         return self.args[0]
 
 
-def register_router(name: str):
-    """Class decorator: make a router available as ``make_router(name)``."""
-    def deco(cls):
-        if name in REGISTRY and REGISTRY[name] is not cls:
-            raise ValueError(f"router name {name!r} registered twice")
-        REGISTRY[name] = cls
-        cls.name = name
-        return cls
-    return deco
+register_router = registrar(REGISTRY, "router")  # class decorator: make_router(name) builds it
 
 
 def available_routers() -> list[str]:

@@ -78,7 +78,7 @@ def test_learned_router_round_trip_and_weights_only_loading(tmp_path):
     class Boom:
         def __reduce__(self):
             return (exec, ("raise SystemExit('code ran')",))
-    (tmp_path / "r" / "router.pt").write_bytes(pickle.dumps(Boom()))
+    (tmp_path / "r" / "router.pt").write_bytes(pickle.dumps(Boom(), protocol=2))
     with pytest.raises(ValueError, match="router.pt: cannot load the weights"):
         load_router_policy(tmp_path / "r")
     with pytest.raises(FileNotFoundError, match="not a router directory"):
