@@ -99,15 +99,16 @@ class LeastTokensRouter:
     (arXiv:2410.17840): route by tokens, not requests, because a request's cost grows with its
     prompt and output. Only the paper's summary was available to us (not its text), so this is
     the rule as issue 18 states it: prompt + expected decode tokens, queued and resident.
-    The count per replica is ``ReplicaState.known_tokens_left`` (exact from the engine's counters)
-    plus the expected output length of each unfinished request, fixed when it is routed.
 
-    Options: ``decode``, how a request's output length is expected: ``"mean"`` (default; the
-    mean output of the requests finished so far in the cluster, ``prior_output_tokens`` before
-    any: what a balancer can measure), ``"predicted"`` (the request's ``predicted_output_len``
-    when the workload has a predictor, else the mean) or ``"oracle"`` (the true length: the
-    count is then exactly the work left). ``prior_output_tokens`` (default 128: the
-    splitwise_conv trace's median output is 129)."""
+    Options: ``decode``, how the decode tokens left are expected: ``"mean"`` (default) counts,
+    for every unfinished request, the mean output of the requests finished so far in the
+    cluster (``prior_output_tokens`` before any), whatever it has generated: output lengths are
+    heavy-tailed, and a request past the mean is not about to finish (a per-request "mean
+    minus generated" goes negative and floods the replicas holding long requests);
+    ``"predicted"`` counts ``predicted_output_len`` minus tokens generated (the mean without a
+    predictor); ``"oracle"`` counts the true output minus tokens generated, so the load is
+    exactly the work left. ``prior_output_tokens`` (default 128: the splitwise_conv trace's
+    median output is 129)."""
 
     MODES = ("mean", "predicted", "oracle")
 
@@ -121,21 +122,19 @@ class LeastTokensRouter:
 
     def reset(self, cluster) -> None:
         R = cluster.num_replicas
-        self._expected = [0.0] * R  # sum of expected outputs of unfinished requests, per replica
+        self._expected = [0.0] * R  # predicted/oracle: sum of expected outputs of unfinished requests
         self._seen = [0] * R        # finished requests already accounted, per replica
         self._E: dict[int, float] = {}
-        self._out_sum = 0
-        self._out_n = 0
 
-    def _estimate(self, request) -> float:
-        if self.decode == "oracle":
-            return float(request.output_len)
-        if self.decode == "predicted" and request.predicted_output_len is not None:
-            return float(request.predicted_output_len)
-        return self._out_sum / self._out_n if self._out_n else self.prior
+    def _mean_output(self, cluster) -> float:
+        n = sum(len(r.engine.finished) for r in cluster.replicas)
+        return sum(r.finished_output_tokens for r in cluster.replicas) / n if n else self.prior
 
     def loads(self, cluster) -> list[float]:
         """Outstanding tokens per replica, as the router counts them now."""
+        if self.decode == "mean":
+            mean = self._mean_output(cluster)
+            return [r.prompt_tokens_left + r.outstanding_requests * mean for r in cluster.replicas]
         out = []
         expected, seen, E = self._expected, self._seen, self._E
         for rep in cluster.replicas:
@@ -144,17 +143,21 @@ class LeastTokensRouter:
             if seen[i] < len(fin):
                 for r in fin[seen[i]:]:
                     expected[i] -= E.pop(r.rid)
-                    self._out_sum += r.num_generated
-                    self._out_n += 1
                 seen[i] = len(fin)
             out.append(rep.known_tokens_left + expected[i])
         return out
 
     def route(self, request, cluster) -> RoutePlan:
         i = _argmin(self.loads(cluster))
-        e = self._estimate(request)
-        self._E[request.rid] = e
-        self._expected[i] += e
+        if self.decode != "mean":
+            if self.decode == "oracle":
+                e = float(request.output_len)
+            elif request.predicted_output_len is not None:
+                e = float(request.predicted_output_len)
+            else:
+                e = self._mean_output(cluster)
+            self._E[request.rid] = e
+            self._expected[i] += e
         return RoutePlan(i)
 
 

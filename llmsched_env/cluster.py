@@ -74,6 +74,7 @@ class ReplicaState:
         routed: requests routed here so far.
         routed_prompt_tokens: their prompt tokens, summed.
         finished_output_tokens: output tokens of the finished ones, summed.
+        generated_tokens: output tokens emitted here so far, summed.
         waiting_kv_blocks: KV blocks the waiting queue needs to start (prompt, or prompt plus
             generated tokens after a preemption), summed: Llumnix's "blocks of all waiting
             requests".
@@ -82,7 +83,7 @@ class ReplicaState:
     """
 
     __slots__ = ("index", "spec", "engine", "scheduler", "routed", "routed_prompt_tokens",
-                 "finished_output_tokens", "waiting_kv_blocks", "ttft_ratio_ewma")
+                 "finished_output_tokens", "generated_tokens", "waiting_kv_blocks", "ttft_ratio_ewma")
 
     EWMA = 0.125
 
@@ -95,6 +96,7 @@ class ReplicaState:
         self.routed = 0
         self.routed_prompt_tokens = 0
         self.finished_output_tokens = 0
+        self.generated_tokens = 0
         self.waiting_kv_blocks = 0
         self.ttft_ratio_ewma = 0.0
 
@@ -126,6 +128,14 @@ class ReplicaState:
         return (self.routed_prompt_tokens - self.routed + e.recomputed_tokens - e.processed_tokens
                 + self.finished_output_tokens)
 
+    @property
+    def prompt_tokens_left(self) -> int:
+        """Prompt (and recompute) tokens still to process, minus one per request still
+        prefilling: ``known_tokens_left`` plus the tokens the unfinished requests have generated.
+        Adding the expected decode tokens left of each unfinished request gives its work left.
+        Never negative; O(1)."""
+        return self.known_tokens_left + self.generated_tokens - self.finished_output_tokens
+
     def _on_route(self, spec: RequestSpec) -> None:
         self.engine.add_arrival(spec)
         self.routed += 1
@@ -140,6 +150,7 @@ class ReplicaState:
             self.waiting_kv_blocks -= blocks(reqs[rid].prefill_target)
         for rid in result.preempted:
             self.waiting_kv_blocks += blocks(reqs[rid].prefill_target)
+        self.generated_tokens += len(result.emitted)
         if result.finished:
             w = self.EWMA
             for rid in result.finished:

@@ -23,8 +23,8 @@ REPLICA_FEATURES = (
     ("running", "running requests / max_num_seqs"),
     ("kv_used", "KV blocks in use / capacity"),
     ("kv_demand", "(KV in use + blocks the waiting queue needs) / capacity"),
-    ("tokens_left", "log1p(estimated tokens left / max_num_batched_tokens): known tokens left plus the mean "
-                    "finished output per unfinished request"),
+    ("tokens_left", "log1p(estimated tokens left / max_num_batched_tokens): prompt tokens left plus the "
+                    "mean finished output per unfinished request (least-tokens' count)"),
     ("ttft_recent", "EWMA of TTFT / TTFT target over the requests finished here"),
     ("step_latency", "last step's latency / the arriving request's TBT target"),
 )
@@ -66,7 +66,7 @@ class RoutingObservation:
         for r in reps:
             e = r.engine
             cfg = e.config
-            left = max(0.0, r.known_tokens_left + r.outstanding_requests * mean_out)
+            left = r.prompt_tokens_left + r.outstanding_requests * mean_out
             x += [e.num_waiting / cfg.max_num_seqs, len(e.running) / cfg.max_num_seqs, r.kv_used_fraction,
                   r.kv_demand_fraction, math.log1p(left / cfg.max_num_batched_tokens), r.ttft_ratio_ewma,
                   e.last_step_latency_s / tbt]

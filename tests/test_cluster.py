@@ -130,6 +130,8 @@ class CheckedCluster(Cluster):
             left += max(0, r.prefill_target - r.num_computed) + r.output_len - r.num_generated - r.is_prefilling
         truth = sum(r.output_len for r in e.requests.values() if r.num_generated < r.output_len)
         assert rep.known_tokens_left + truth == left
+        assert rep.prompt_tokens_left == sum(max(0, r.prefill_target - r.num_computed) - r.is_prefilling
+                                             for r in e.requests.values() if r.num_generated < r.output_len)
         assert rep.outstanding_requests == e.num_waiting + len(e.running)
 
 

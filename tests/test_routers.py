@@ -104,12 +104,23 @@ def test_least_tokens_mean_estimate_learns_from_finished_requests():
     c = Cluster([ReplicaSpec(config(), COST)] * 2, "least-tokens:prior_output_tokens=7")
     c.reset(specs)
     r = c.router
-    assert r._estimate(specs[0]) == 7.0
+    assert r._mean_output(c) == 7.0
     while (s := c.next_arrival()) is not None:
         c.route(r.route(s, c))
     c.drain()
-    r.loads(c)
-    assert r._estimate(specs[0]) == 40.0 and r._out_n == 3
+    assert r._mean_output(c) == 40.0
+
+
+def test_least_tokens_mean_never_goes_negative_on_long_requests():
+    # a replica decoding requests far past the mean output still counts them as loaded
+    specs = [spec(i, 0.0, 10, 2) for i in range(4)] + [spec(4, 0.0, 10, 500)] + \
+            [spec(i, 0.5 + 0.01 * i, 10, 5) for i in range(5, 40)]
+    c = Cluster([ReplicaSpec(config(), COST)] * 2, "least-tokens")
+    c.reset(specs)
+    while (s := c.next_arrival()) is not None:
+        assert min(c.router.loads(c)) >= 0
+        c.route(c.router.route(s, c))
+    c.drain()
 
 
 def test_p2c_picks_the_shorter_of_two_random_replicas():
