@@ -134,7 +134,8 @@ class ReplicaState:
         prefilling: ``known_tokens_left`` plus the tokens the unfinished requests have generated.
         Adding the expected decode tokens left of each unfinished request gives its work left.
         Never negative; O(1)."""
-        return self.known_tokens_left + self.generated_tokens - self.finished_output_tokens
+        e = self.engine
+        return self.routed_prompt_tokens - self.routed + e.recomputed_tokens - e.processed_tokens + self.generated_tokens
 
     def _on_route(self, spec: RequestSpec) -> None:
         self.engine.add_arrival(spec)
