@@ -179,7 +179,8 @@ def _commit() -> str | None:
 
 
 def evaluate(suites: list[Suite], entrants: list[str], seed: int = 0, workers: int = 1, progress: bool = True,
-             console: Console | None = None, policy_suites: Optional[set] = None) -> dict:
+             console: Console | None = None, policy_suites: Optional[set] = None, ray: bool = False,
+             ray_address: Optional[str] = None) -> dict:
     """Run every suite for every entrant; returns the result (see ``eval.aggregate``) with
     ``suites``, ``skipped`` and ``timing``. Policies (``ppo:`` specs) run only on the suites in
     ``policy_suites`` (None = every suite)."""
@@ -197,7 +198,7 @@ def evaluate(suites: list[Suite], entrants: list[str], seed: int = 0, workers: i
                           or parse_spec(e)[0] != POLICY_SCHEDULER] for s in runnable}
     jobs = [j for s in runnable for j in suite_jobs(s, per_suite[s.name], seed)]
     t0 = time.perf_counter()
-    results = run_jobs(jobs, workers=workers, progress=progress)
+    results = run_jobs(jobs, workers=workers, progress=progress, ray=ray, ray_address=ray_address)
     wall = time.perf_counter() - t0
     out = {s.name: aggregate_suite(s, per_suite[s.name], results) for s in runnable}
     solve_s = {name: [i.pop("solve_s", None) for i in r.get("instances", [])] for name, r in out.items()
@@ -264,7 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="first workload seed (default 0)")
     ap.add_argument("--quick", action="store_true", help="smoke test: each suite's few rates, seeds and requests")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="parallel worker processes (default: one per CPU; 1 = in this process)")
+                    help="parallel worker processes, or CPUs of a local Ray instance (default: one per CPU; "
+                         "1 = in this process)")
+    ap.add_argument("--ray", action="store_true", help="run the jobs on Ray (a local instance unless "
+                                                      "--ray-address); needs pip install 'llmsched[ray]'")
+    ap.add_argument("--ray-address", help="run the jobs on this Ray cluster ('auto' or ray://host:port)")
     ap.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--list", action="store_true", help="list suites and schedulers, then exit")
@@ -304,7 +309,15 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = evaluate(suites, entrants, a.seed, a.workers, not a.no_progress, console, policy_suites)
+    if a.ray or a.ray_address:
+        try:
+            from llmsched_env.runner import require_ray
+            require_ray()
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    result = evaluate(suites, entrants, a.seed, a.workers, not a.no_progress, console, policy_suites,
+                      a.ray, a.ray_address)
     result["meta"] = {"command": "python eval/evaluate.py " + shlex.join(argv), "commit": _commit(),
                       "entrants": entrants, "quick": a.quick, "base_seed": a.seed,
                       "policy_suites": sorted(policy_suites) if policy_suites is not None else "all",

@@ -1,21 +1,18 @@
-"""Run evaluation jobs in worker processes: one job = one scheduler on one workload, or (for a
-suite with an ``optimal`` section) one instance solved by CP-SAT and then run by every scheduler.
+"""Evaluation jobs: one job = one scheduler on one workload, or (for a suite with an ``optimal``
+section) one instance solved by CP-SAT and then run by every scheduler. They fan out through
+the one runner, ``llmsched_env.runner`` (a local spawn process pool, or Ray).
 
 Every job builds its scheduler afresh from its spec, so a result never depends on which worker
 ran it or in what order; results are keyed by job, never by completion order.
 """
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
 
+from llmsched_env import runner
 from llmsched_env.workload import WorkloadConfig
 
 # the per-run numbers the evaluation reports (summary keys of llmsched_env.metrics.summarize)
@@ -140,34 +137,11 @@ def _dispatch(job):
     return run_optimal_job(job) if isinstance(job, OptimalJob) else run_job(job)
 
 
-def _init_worker() -> None:
-    # one thread per worker: the workers already use every core (and torch, for a policy,
-    # would otherwise start a thread per core in each of them)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-
-
-def run_jobs(jobs: Sequence, workers: int = 1, progress: bool = True, label: str = "evaluate") -> dict:
-    """Run ``jobs`` (RunJob / OptimalJob) on ``workers`` processes (1 = in this process) with a
-    rich progress bar; returns {job.key: result}. Optimal jobs are submitted first (longest)."""
+def run_jobs(jobs: Sequence, workers: int = 1, progress: bool = True, label: str = "evaluate",
+             ray: bool = False, ray_address: Optional[str] = None) -> dict:
+    """Run ``jobs`` (RunJob / OptimalJob) on ``workers`` processes (1 = in this process) or on Ray,
+    with a rich progress bar; returns {job.key: result}. Optimal jobs are submitted first (longest)."""
     ordered = sorted(jobs, key=lambda j: not isinstance(j, OptimalJob))
-    results: dict = {}
-    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress)
-    with bar:
-        task = bar.add_task(label, total=len(ordered))
-        if workers <= 1:
-            for job in ordered:
-                results[job.key] = _dispatch(job)
-                bar.advance(task)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
-                futs = {pool.submit(_dispatch, job): job.key for job in ordered}
-                for f in as_completed(futs):
-                    try:
-                        results[futs[f]] = f.result()
-                    except Exception as e:  # a worker that died: report it against the job
-                        results[futs[f]] = _error(e)
-                    bar.advance(task)
-    return results
+    results = runner.run_jobs(_dispatch, ordered, workers=workers, ray=ray, ray_address=ray_address,
+                              progress=progress, label=label, on_error=_error)
+    return {job.key: r for job, r in zip(ordered, results)}

@@ -20,6 +20,8 @@ def _register_envs() -> None:
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point="llmsched_env.env:ServingEnv",
                                kwargs={"scenario": name})
+    if "llmsched/Routing-v0" not in gymnasium.registry:
+        gymnasium.register(id="llmsched/Routing-v0", entry_point="llmsched_env.routing_env:RoutingEnv")
 
 
 _register_envs()

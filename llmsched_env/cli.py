@@ -61,11 +61,56 @@ def _engine_and_workload(a):
     return preset, workload_from_args(a, max_total_len=preset.max_request_tokens(**engine_overrides(a)))
 
 
+def print_replicas(s: dict) -> None:
+    t = Table(title=f"{s['replicas']} replicas, router {s['router']}: per replica", header_style="bold")
+    for c in ("replica", "preset", "scheduler", "routed", "SLO attain.", "TTFT P99 (s)", "GPU busy (GPU-s)",
+              "preemptions", "KV use mean"):
+        t.add_column(c, justify="right")
+    for r in s["per_replica"]:
+        t.add_row(str(r["replica"]), r["preset"], r["scheduler"], str(r["routed"]), f"{r['slo_attainment']:.3f}",
+                  _fmt(r["ttft_p99_s"]), _fmt(r["gpu_busy_s"]), str(r["num_preemptions"]), f"{r['kv_util_mean']:.1%}")
+    (console if console.is_terminal else Console(width=160)).print(t)
+    console.print(f"load imbalance (max / mean GPU busy) [bold]{s['load_imbalance']:.3f}[/]; requests "
+                  f"imbalance {s['requests_imbalance']:.3f}; GPU-seconds busy {_fmt(s['gpu_seconds'])}, "
+                  f"provisioned {_fmt(s['gpu_seconds_provisioned'])} ({s['num_gpus']} GPUs x makespan)")
+
+
+def _cluster_replicas(a, scheduler: str):
+    """The ReplicaSpecs of ``--replicas`` (``--preset`` may list one preset per replica)."""
+    from .cluster import ReplicaSpec
+    from .presets import get_preset
+    names = [x.strip() for x in a.preset.split(",") if x.strip()]
+    if len(names) not in (1, a.replicas):
+        raise ValueError(f"--preset lists {len(names)} presets for {a.replicas} replicas; give one, or one per replica")
+    over = engine_overrides(a)
+    presets = {n: get_preset(n, gpu_memory_utilization=a.gpu_mem_util) for n in names}
+    names = names * a.replicas if len(names) == 1 else names
+    return [ReplicaSpec(presets[n].engine_config(**over), presets[n].cost_model, scheduler, presets[n].name)
+            for n in names]
+
+
 def cmd_simulate(a) -> int:
-    from .simulate import simulate
-    preset, wl = _engine_and_workload(a)
-    s = simulate(wl, a.scheduler, preset, engine_overrides(a), progress=not a.no_progress)
-    print_summary(s, f"{a.scheduler} on {preset.name}")
+    if a.replicas is not None and a.replicas < 1:
+        raise ValueError(f"--replicas {a.replicas}: must be >= 1")
+    if a.replicas is None and a.router is None:
+        from .simulate import simulate
+        preset, wl = _engine_and_workload(a)
+        s = simulate(wl, a.scheduler, preset, engine_overrides(a), progress=not a.no_progress)
+        print_summary(s, f"{a.scheduler} on {preset.name}")
+        write_json(s, a.json)
+        return 0
+    from .cluster import simulate_cluster
+    from .presets import get_preset
+    a.replicas = a.replicas or 1
+    replicas = _cluster_replicas(a, a.scheduler)
+    # oversize requests are judged against the smallest replica: any replica may get any request
+    limit = min(get_preset(r.preset).max_request_tokens(**engine_overrides(a)) for r in replicas)
+    wl = workload_from_args(a, max_total_len=limit)
+    s = simulate_cluster(wl, replicas, a.router or "round-robin", progress=not a.no_progress)
+    s["scheduler"] = a.scheduler
+    s["preset"] = ",".join(sorted({r.preset for r in replicas}))
+    print_summary(s, f"{a.scheduler} on {s['replicas']} x {s['preset']}, router {s['router']}")
+    print_replicas(s)
     write_json(s, a.json)
     return 0
 
@@ -124,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmsched", description="LLM-serving scheduler environment")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("simulate", help="run one scheduler on one workload and print metrics")
+    p = sub.add_parser("simulate", help="run one scheduler on one workload (or a cluster) and print metrics")
     p.add_argument("--scheduler", default="fcfs", help="registered scheduler name")
+    p.add_argument("--replicas", type=int, help="simulate a cluster of this many replicas (each runs --scheduler; "
+                                                "--preset may list one preset per replica)")
+    p.add_argument("--router", help="router spec for the cluster (default round-robin): "
+                                    "round-robin, random, lor, least-tokens, p2c, kv-aware, affinity, learned:path=DIR")
     add_engine_args(p)
     add_workload_args(p)
     p.add_argument("--json", help="write the metrics summary to this file")
@@ -166,13 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import SchedulerStalled, WorkloadRejected
     from .plan import PlanError
     from .presets import UnknownPreset
+    from .router import RouteError, UnknownRouter
+    from .runner import RayUnavailable
     from .scheduler import UnknownScheduler
     from .workload import TraceError
     a = build_parser().parse_args(argv)
     try:
         return a.func(a) or 0
     except (FileNotFoundError, DataNotFound, TraceError, ProfileError, WorkloadRejected, UnknownPreset,
-            UnknownScheduler, PlanError, SchedulerStalled, ValueError) as e:
+            UnknownScheduler, UnknownRouter, RouteError, RayUnavailable, PlanError, SchedulerStalled,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -39,6 +39,9 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, help="every request's output cap (what practical schedulers know; "
                                                   "longer outputs are cut to it); default: the trace's max_tokens "
                                                   "column if any, else the model's context left after the prompt")
+    g.add_argument("--conversation-turns", type=float, help="multi-turn conversations: mean turns per conversation "
+                                                            "(each turn's prefix is its history; see docs/cluster.md)")
+    g.add_argument("--think-time", type=float, default=30.0, help="mean time between a conversation's turns, s")
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -88,7 +91,8 @@ def workload_from_args(a, max_total_len: int | None = None) -> WorkloadConfig:
                               window_start=window, prompt_len=a.prompt_len, output_len=a.output_len,
                               slo_classes=tiers, oversize=a.oversize,
                               max_total_len=max_total_len if a.oversize != "error" else None,
-                              predictor_error=a.predictor_error, max_tokens=a.max_tokens, seed=a.seed)
+                              predictor_error=a.predictor_error, max_tokens=a.max_tokens,
+                              conversation_turns=a.conversation_turns, think_time_s=a.think_time, seed=a.seed)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 

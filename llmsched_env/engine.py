@@ -96,19 +96,28 @@ class Engine:
         workload: request specs (any order; sorted by arrival time, then id).
         config: replica limits.
         cost_model: gives each batch's latency in seconds.
+        open_arrivals: more requests will be handed over with ``add_arrival`` (a cluster's
+            router does, as each request arrives) until ``close_arrivals()``. While arrivals are
+            open the engine cannot know its next arrival: an empty plan, or running out of work,
+            leaves it ``awaiting_arrival`` (its clock stays) instead of jumping the clock, and
+            the next ``add_arrival`` jumps it. Fed the same requests in the same order, an open
+            engine makes exactly the steps of one given the whole workload up front.
 
     Raises:
         WorkloadRejected: a request longer than the model's context or the KV cache, or
             duplicate ids.
     """
 
-    def __init__(self, workload: Sequence[RequestSpec], config: EngineConfig, cost_model: CostModel):
+    def __init__(self, workload: Sequence[RequestSpec], config: EngineConfig, cost_model: CostModel,
+                 open_arrivals: bool = False):
         self.config = config
         self.cost_model = cost_model
         specs = sorted(workload, key=lambda s: (s.arrival_s, s.rid))
         self._check_workload(specs)
         self._pending: list[RequestSpec] = specs
         self._next_arrival = 0
+        self._open = open_arrivals
+        self._awaiting = False  # an empty plan waits for an arrival not handed over yet
         self.requests: dict[int, Request] = {}      # every arrived request, by id
         self.running: dict[int, Request] = {}       # resident, in admission order
         self._waiting_new: dict[int, Request] = {}  # fresh arrivals, in arrival order
@@ -152,8 +161,47 @@ class Engine:
 
     @property
     def done(self) -> bool:
-        """True once every request of the workload has finished."""
-        return len(self.finished) == len(self._pending)
+        """True once every request of the workload has finished (never while arrivals are open)."""
+        return len(self.finished) == len(self._pending) and not self._open
+
+    @property
+    def awaiting_arrival(self) -> bool:
+        """True when arrivals are open and nothing can happen before the next one: no work, or
+        the last plan was empty (the scheduler waits for an arrival)."""
+        return self._open and (self._awaiting or (not self.running and not self._has_waiting()))
+
+    def add_arrival(self, spec: RequestSpec) -> None:
+        """Hand over one more request (arrivals must be open, in arrival order). It joins the
+        waiting queue at once if it has arrived by ``now_s`` (e.g. during the step just
+        taken), else the engine jumps its clock to it when it is ``awaiting_arrival``.
+
+        Raises:
+            ValueError: arrivals are closed, or ``spec`` arrives before the last request handed over.
+            WorkloadRejected: the request can never be served here, or its id is taken.
+        """
+        if not self._open:
+            raise ValueError(f"request {spec.rid}: arrivals are closed (build the engine with "
+                             "open_arrivals=True and hand requests over before close_arrivals())")
+        pending = self._pending
+        if pending and spec.arrival_s < pending[-1].arrival_s:
+            raise ValueError(f"request {spec.rid} arrives at {spec.arrival_s} s, before request "
+                             f"{pending[-1].rid} ({pending[-1].arrival_s} s) handed over earlier; "
+                             "hand requests over in arrival order")
+        if spec.rid in self.requests or any(s.rid == spec.rid for s in pending[self._next_arrival:]):
+            raise WorkloadRejected(f"request {spec.rid}: duplicate id")
+        self._check_workload([spec])
+        pending.append(spec)
+        if self.awaiting_arrival:
+            self._awaiting = False
+            if spec.arrival_s > self.now_s:
+                self.now_s = spec.arrival_s
+        self._admit_arrivals()
+
+    def close_arrivals(self) -> None:
+        """No more ``add_arrival``: from now on the engine behaves as one given its whole
+        workload; a scheduler that was waiting for an arrival is asked again."""
+        self._open = False
+        self._awaiting = False
 
     @property
     def num_requests(self) -> int:
@@ -256,6 +304,7 @@ class Engine:
             self._jump_to_next_arrival()  # raises SchedulerStalled, before any state changes
 
         # ---- apply: preemptions first, then the batch
+        self._awaiting = False
         now = self.now_s
         preempted_ids = []
         # A plan is a mapping and a set: the outcome must not depend on their iteration order.
@@ -366,6 +415,9 @@ class Engine:
         nxt = self.next_arrival_s
         if nxt is None:
             if self.done or stalled_ok:
+                return
+            if self._open:
+                self._awaiting = True  # the next add_arrival jumps the clock
                 return
             raise SchedulerStalled(
                 f"step {self.num_steps}: the plan was empty with {self.num_waiting} waiting and "

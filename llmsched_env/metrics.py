@@ -66,23 +66,34 @@ def _pct(values, q) -> float:
     return float(np.percentile(a, q)) if a.size else float("nan")
 
 
-def summarize(engine, wall_s: float = 0.0) -> dict:
-    """Aggregate metrics of an engine's run (finished or not). Keys: see SUMMARY_KEYS and more."""
-    reqs = list(engine.requests.values())
+def summarize(engines, wall_s: float = 0.0) -> dict:
+    """Aggregate metrics of an engine's run (finished or not), or of several engines' runs pooled
+    (a cluster's replicas): percentiles and attainment over every request of every engine,
+    counters and GPU-seconds summed, the makespan the latest engine clock, KV capacity and peak
+    the sums of the replicas' (the peak is the sum of each replica's own peak). Keys: see
+    SUMMARY_KEYS and more."""
+    engines = list(engines) if isinstance(engines, (list, tuple)) else [engines]
+    reqs = [r for e in engines for r in e.requests.values()]
     per = [request_metrics(r) for r in reqs]
     gaps = [np.diff(r.token_times) for r in reqs if len(r.token_times) > 1]
     all_gaps = np.concatenate(gaps) if gaps else np.array([])
-    n_total = engine.num_requests
+    n_total = sum(e.num_requests for e in engines)
+    n_finished = sum(len(e.finished) for e in engines)
     met = sum(m.slo_met for m in per)
     out_tokens = sum(r.num_generated for r in reqs)
-    makespan = engine.now_s
-    cfg = engine.config
+    makespan = max(e.now_s for e in engines)
+    busy = sum(e.busy_s for e in engines)
+    steps = sum(e.num_steps for e in engines)
+    recomputed = sum(e.recomputed_tokens for e in engines)
+    processed = sum(e.processed_tokens for e in engines)
+    capacity = sum(e.config.num_kv_blocks for e in engines)
+    busy_capacity = sum(e.busy_s * e.config.num_kv_blocks for e in engines)
     by_class: dict[str, list[bool]] = {}
     for m in per:
         by_class.setdefault(m.slo_class, []).append(m.slo_met)
     s = {
         "num_requests": n_total,
-        "num_finished": len(engine.finished),
+        "num_finished": n_finished,
         "slo_attainment": met / n_total if n_total else float("nan"),
         "slo_attainment_by_class": {k: sum(v) / len(v) for k, v in sorted(by_class.items())},
         "num_slo_met": met,
@@ -97,22 +108,22 @@ def summarize(engine, wall_s: float = 0.0) -> dict:
         "e2e_p50_s": _pct([m.e2e_s for m in per], 50),
         "e2e_p90_s": _pct([m.e2e_s for m in per], 90),
         "e2e_p99_s": _pct([m.e2e_s for m in per], 99),
-        "busy_s": engine.busy_s,
-        "gpu_busy_s": engine.busy_s * cfg.num_gpus,
-        "num_gpus": cfg.num_gpus,
-        "num_preemptions": engine.num_preemptions,
-        "recomputed_tokens": engine.recomputed_tokens,
-        "processed_tokens": engine.processed_tokens,
-        "recompute_fraction": engine.recomputed_tokens / max(1, engine.processed_tokens),
+        "busy_s": busy,
+        "gpu_busy_s": sum(e.busy_s * e.config.num_gpus for e in engines),
+        "num_gpus": sum(e.config.num_gpus for e in engines),
+        "num_preemptions": sum(e.num_preemptions for e in engines),
+        "recomputed_tokens": recomputed,
+        "processed_tokens": processed,
+        "recompute_fraction": recomputed / max(1, processed),
         "output_tokens": out_tokens,
         "makespan_s": makespan,
         "throughput_tok_s": out_tokens / makespan if makespan > 0 else float("nan"),
-        "request_throughput_s": len(engine.finished) / makespan if makespan > 0 else float("nan"),
-        "num_steps": engine.num_steps,
+        "request_throughput_s": n_finished / makespan if makespan > 0 else float("nan"),
+        "num_steps": steps,
         "wall_s": wall_s,
-        "steps_per_s": engine.num_steps / wall_s if wall_s > 0 else float("nan"),
-        "kv_capacity_blocks": cfg.num_kv_blocks,
-        "max_kv_blocks_used": engine.max_used_blocks,
-        "kv_util_mean": engine.kv_block_seconds / (engine.busy_s * cfg.num_kv_blocks) if engine.busy_s else 0.0,
+        "steps_per_s": steps / wall_s if wall_s > 0 else float("nan"),
+        "kv_capacity_blocks": capacity,
+        "max_kv_blocks_used": sum(e.max_used_blocks for e in engines),
+        "kv_util_mean": sum(e.kv_block_seconds for e in engines) / busy_capacity if busy else 0.0,
     }
     return s

@@ -69,15 +69,22 @@ class NeedsOptions(ValueError):
 REGISTRY: dict[str, Callable[..., Scheduler]] = {}
 
 
-def register(name: str):
-    """Class decorator: make the scheduler available as ``make_scheduler(name)``."""
-    def deco(cls):
-        if name in REGISTRY and REGISTRY[name] is not cls:
-            raise ValueError(f"scheduler name {name!r} registered twice")
-        REGISTRY[name] = cls
-        cls.name = name
-        return cls
-    return deco
+def registrar(registry: dict, kind: str) -> Callable:
+    """A ``register(name)`` class decorator that adds classes to ``registry`` under ``name``
+    (and sets ``cls.name``); registering a second class under one name is an error."""
+    def register(name: str):
+        def deco(cls):
+            if name in registry and registry[name] is not cls:
+                raise ValueError(f"{kind} name {name!r} registered twice")
+            registry[name] = cls
+            cls.name = name
+            return cls
+        return deco
+    return register
+
+
+register = registrar(REGISTRY, "scheduler")
+register.__doc__ = "Class decorator: make the scheduler available as ``make_scheduler(name)``."
 
 
 def is_heuristic(name: str) -> bool:

@@ -73,22 +73,20 @@ def with_rate(cfg: WorkloadConfig, r: float) -> WorkloadConfig:
     return cfg.with_(rate_scale=r) if cfg.arrival == "trace" else cfg.with_(rate=r)
 
 
-def goodput(workload: WorkloadConfig, scheduler: str = "fcfs", preset: str = "h100-llama3-8b",
-            rates: Sequence[float] = (0.25, 0.5, 1, 2, 4, 8, 16), threshold: float = 0.9,
-            refine: int = 4, engine_overrides: Optional[dict] = None,
-            scheduler_options: Optional[dict] = None) -> dict:
-    """Highest rate (requests/s, or trace rate scale for trace arrivals) with SLO attainment >=
-    ``threshold``: an ascending sweep over ``rates`` until attainment first drops below the
-    threshold, then ``refine`` bisection steps between the last passing and first failing rate.
+def sweep_goodput(attainment: Callable[[float], float], rates: Sequence[float], threshold: float = 0.9,
+                  refine: int = 4) -> dict:
+    """Highest rate with ``attainment(rate) >= threshold``: an ascending sweep over ``rates``
+    until attainment first drops below the threshold, then ``refine`` bisection steps (geometric
+    midpoints) between the last passing and first failing rate.
 
-    Returns {"goodput": rate or 0.0, "points": [(rate, attainment)], "unit": ...}.
+    Returns {"goodput": rate or 0.0, "points": [(rate, attainment)], "threshold", "saturated_at_max"}.
     """
     pts = []
 
     def att(r: float) -> float:
-        s = simulate(with_rate(workload, r), scheduler, preset, engine_overrides, scheduler_options)
-        pts.append((r, s["slo_attainment"]))
-        return s["slo_attainment"]
+        a = attainment(r)
+        pts.append((r, a))
+        return a
 
     lo, hi = None, None
     for r in sorted(rates):
@@ -104,6 +102,22 @@ def goodput(workload: WorkloadConfig, scheduler: str = "fcfs", preset: str = "h1
                 lo = mid
             else:
                 hi = mid
-    return {"goodput": lo or 0.0, "points": sorted(pts), "threshold": threshold,
-            "unit": "rate scale" if workload.arrival == "trace" else "requests/s",
-            "saturated_at_max": hi is None}
+    return {"goodput": lo or 0.0, "points": sorted(pts), "threshold": threshold, "saturated_at_max": hi is None}
+
+
+def goodput(workload: WorkloadConfig, scheduler: str = "fcfs", preset: str = "h100-llama3-8b",
+            rates: Sequence[float] = (0.25, 0.5, 1, 2, 4, 8, 16), threshold: float = 0.9,
+            refine: int = 4, engine_overrides: Optional[dict] = None,
+            scheduler_options: Optional[dict] = None) -> dict:
+    """Highest rate (requests/s, or trace rate scale for trace arrivals) with SLO attainment >=
+    ``threshold`` (``sweep_goodput``).
+
+    Returns {"goodput": rate or 0.0, "points": [(rate, attainment)], "unit": ...}.
+    """
+    def att(r: float) -> float:
+        s = simulate(with_rate(workload, r), scheduler, preset, engine_overrides, scheduler_options)
+        return s["slo_attainment"]
+
+    out = sweep_goodput(att, rates, threshold, refine)
+    out["unit"] = "rate scale" if workload.arrival == "trace" else "requests/s"
+    return out

@@ -160,6 +160,9 @@ class WorkloadConfig:
         max_tokens: every request's output cap, tokens (a server stops a request there, so a
             longer true output is cut to it); None = the trace's ``max_tokens`` column when it has
             one, else no cap here (the engine uses the model's context left after the prompt).
+        conversation_turns: multi-turn conversations (``assign_conversations``): mean turns per
+            conversation (geometric, >= 1); None = independent requests.
+        think_time_s: mean time between a conversation's turns (exponential), seconds.
         seed: seed of every random choice.
     """
 
@@ -181,6 +184,8 @@ class WorkloadConfig:
     max_total_len: Optional[int] = None
     predictor_error: Optional[float] = None
     max_tokens: Optional[int] = None
+    conversation_turns: Optional[float] = None
+    think_time_s: float = 30.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -207,6 +212,10 @@ class WorkloadConfig:
             errs.append(f"max_tokens={self.max_tokens!r} must be a positive number of tokens or None")
         if self.oversize not in ("error", "drop", "clip"):
             errs.append(f"oversize={self.oversize!r} must be error, drop or clip")
+        if self.conversation_turns is not None and not self.conversation_turns >= 1:
+            errs.append(f"conversation_turns={self.conversation_turns} must be >= 1 (mean turns per conversation)")
+        if not self.think_time_s >= 0:
+            errs.append(f"think_time_s={self.think_time_s} must be >= 0 seconds")
         if errs:
             raise ValueError("invalid WorkloadConfig: " + "; ".join(errs))
 
@@ -301,7 +310,48 @@ def build_workload(cfg: WorkloadConfig) -> list[RequestSpec]:
         raise ValueError(f"every one of the {n} requests is longer than max_total_len {cfg.max_total_len} "
                          "tokens and oversize='drop' left nothing to serve; use oversize='clip', a larger "
                          "KV cache or a preset with a longer context")
+    if cfg.conversation_turns is not None:
+        # its own generator: the other draws (and so every single-turn workload) stay as they were
+        specs = assign_conversations(specs, cfg.conversation_turns, cfg.think_time_s,
+                                     np.random.default_rng([cfg.seed, 1]))
     return specs
+
+
+def assign_conversations(specs: Sequence[RequestSpec], turns: float, think_time_s: float,
+                         rng: np.random.Generator) -> list[RequestSpec]:
+    """Group requests into multi-turn conversations, keeping every arrival time and length.
+
+    The traces at hand carry no conversation ids (splitwise_conv has arrival times and lengths
+    only), so conversations are synthesised over them: in arrival order, a request becomes the
+    next turn of the conversation whose next turn has been due longest (each turn makes the next
+    one due an exponential think time, mean ``think_time_s``, after its arrival), else it opens
+    a new conversation of Geometric(1 / ``turns``) turns. A turn's ``prefix_group`` is its
+    conversation and its ``prefix_len`` the previous turn's prompt + output (its history),
+    capped at its own prompt (a client that trims history); first turns share nothing. Because
+    only timing decides who follows whom, a higher rate means more concurrent users, not faster
+    ones; the load (lengths, arrivals) is the workload's own.
+    """
+    import heapq
+    due: list = []           # (due time, conversation)
+    left: dict = {}          # conversation -> turns still to come
+    history: dict = {}       # conversation -> previous turn's prompt + output, tokens
+    out = []
+    p = 1.0 / turns
+    for s in sorted(specs, key=lambda x: (x.arrival_s, x.rid)):
+        if due and due[0][0] <= s.arrival_s:
+            _, c = heapq.heappop(due)
+            prefix = min(s.prompt_len, history[c])
+        else:
+            c = len(left)
+            left[c] = int(rng.geometric(p)) if p < 1 else 1
+            prefix = 0
+        history[c] = s.prompt_len + s.output_len
+        left[c] -= 1
+        if left[c] > 0:
+            heapq.heappush(due, (s.arrival_s + float(rng.exponential(think_time_s)) if think_time_s > 0
+                                 else s.arrival_s, c))
+        out.append(replace(s, prefix_group=c, prefix_len=prefix))
+    return out
 
 
 def scale_slo(classes: Sequence[SLOClass], factor: float) -> tuple[SLOClass, ...]:

@@ -1,0 +1,79 @@
+"""The learned router against every heuristic router on held-out Routing-v0 workloads.
+
+    python eval/routing_eval.py --router agents/zoo/router --episodes 20 [--workers 2] [--json out.json]
+
+Each episode is the workload ``RoutingEnv.reset(seed)`` serves (seeds 10,000.. by default;
+training uses lower seeds), run by each router on the same cluster (R replicas of the env's
+preset and scheduler). Reported per router: mean SLO attainment, and the paired difference
+learned - router over episodes with its 95% t-interval (``eval.stats.t_interval``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from eval.stats import CI_METHOD, t_interval  # noqa: E402
+from llmsched_env.router import heuristic_routers  # noqa: E402
+from llmsched_env.runner import run_jobs  # noqa: E402
+
+
+def _episode(job: tuple) -> dict:
+    """Attainment of every router on the workload of one reset seed."""
+    seed, routers, replicas, scheduler = job
+    from llmsched_env.cluster import Cluster
+    from llmsched_env.routing_env import RoutingEnv
+    env = RoutingEnv(num_replicas=replicas, scheduler=scheduler)
+    specs = env.episode_workload(seed)
+    out = {}
+    for r in routers:
+        m = Cluster(env.cluster.specs, r).run(specs)
+        out[r] = {"slo_attainment": m["slo_attainment"], "load_imbalance": m["load_imbalance"]}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--router", default="agents/zoo/router", help="a router directory (train/route_ppo.py)")
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--first-seed", type=int, default=10_000)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    import yaml
+    meta = yaml.safe_load((Path(a.router) / "router.yaml").read_text())
+    learned = f"learned:path={a.router}"
+    routers = [learned] + heuristic_routers()
+    jobs = [(a.first_seed + i, routers, int(meta["num_replicas"]), meta.get("scheduler", "sarathi"))
+            for i in range(a.episodes)]
+    eps = run_jobs(_episode, jobs, workers=a.workers, label="episodes")
+    rows = {}
+    for r in routers:
+        att = [e[r]["slo_attainment"] for e in eps]
+        diff = t_interval([e[learned]["slo_attainment"] - x for e, x in zip(eps, att)])
+        rows[r] = {"attainment": t_interval(att).to_dict(), "learned_minus": diff.to_dict(),
+                   "load_imbalance": t_interval([e[r]["load_imbalance"] for e in eps]).to_dict()}
+    t = Table(title=f"{meta['num_replicas']} x {meta.get('scheduler')}: {a.episodes} held-out episodes "
+                    f"(seeds {a.first_seed}..)", header_style="bold")
+    for c in ("router", "SLO attainment", "learned - router [95% CI]", "imbalance"):
+        t.add_column(c, justify="right")
+    for r, v in rows.items():
+        d = v["learned_minus"]
+        t.add_row(r, f"{v['attainment']['mean']:.4f}", "-" if r == learned else
+                  f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]", f"{v['load_imbalance']['mean']:.3f}")
+    Console(width=140).print(t)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"routers": rows, "episodes": eps, "ci": CI_METHOD,
+                                            "seeds": [j[0] for j in jobs], "router_meta": meta}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
