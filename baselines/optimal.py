@@ -70,8 +70,11 @@ from llmsched_env.scheduler import NeedsOptions, register
 from .optimal_cost import check_supported, choose_unit_s, latency_expr, min_batch_latency_s, Features
 
 OBJECTIVES = ("gpu_time", "slo", "return")
-STATUS = {cp_model.OPTIMAL: "OPTIMAL", cp_model.FEASIBLE: "FEASIBLE", cp_model.INFEASIBLE: "INFEASIBLE",
-          cp_model.UNKNOWN: "UNKNOWN", cp_model.MODEL_INVALID: "MODEL_INVALID"}
+
+
+class BuildTimeout(TimeoutError):
+    """The time limit ended while a model was being built (``solve`` then reports the best known
+    schedule with status UNKNOWN)."""
 
 
 # --------------------------------------------------------------------------- heuristic schedules
@@ -82,6 +85,7 @@ class RecordedRun:
     name: str
     summary: dict
     plans: list[BatchPlan]
+    latency_s: list[float] = field(default_factory=list)  # engine latency of each batch, seconds
 
 
 def record_run(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, scheduler) -> RecordedRun:
@@ -90,18 +94,20 @@ def record_run(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostMod
     from llmsched_env.simulate import run
 
     plans: list[BatchPlan] = []
+    lats: list[float] = []
     carried: set[int] = set()
 
     def on_step(engine, plan, result):
         nonlocal carried
         if plan.tokens:
             plans.append(BatchPlan(dict(plan.tokens), set(plan.preempt) | carried))
+            lats.append(result.latency_s)
             carried = set()
         else:
             carried |= set(plan.preempt)
 
     summary = run(Engine(specs, config, cost), scheduler, on_step=on_step)
-    return RecordedRun(getattr(scheduler, "name", type(scheduler).__name__), summary, plans)
+    return RecordedRun(getattr(scheduler, "name", type(scheduler).__name__), summary, plans, lats)
 
 
 def objective_value(summary: dict, objective: str, lam: float) -> float:
@@ -155,12 +161,14 @@ class ReserveScheduler:
         return BatchPlan(tokens)
 
 
-def heuristic_runs(specs, config, cost, skip=("optimal",)) -> dict[str, RecordedRun]:
+def heuristic_runs(specs, config, cost, skip=("optimal",), deadline: Optional[float] = None
+                   ) -> dict[str, RecordedRun]:
     """Every registered scheduler that builds with default options and finishes the workload.
 
     Schedulers that cannot be built from their name (``NeedsOptions``: ``optimal`` needs a
     solution) or refuse the workload by design (``WorkloadNotServable``) are left out, as are
-    those in ``skip``.
+    those in ``skip``. ``deadline`` (a ``time.perf_counter()`` value): no new scheduler is started
+    after it (at least one is always run, so there is a schedule to report).
     """
     from llmsched_env.scheduler import NeedsOptions, WorkloadNotServable, heuristic_schedulers, make_scheduler
 
@@ -168,6 +176,8 @@ def heuristic_runs(specs, config, cost, skip=("optimal",)) -> dict[str, Recorded
     for name in heuristic_schedulers():
         if name in skip:
             continue
+        if out and deadline is not None and time.perf_counter() > deadline:
+            break
         try:
             out[name] = record_run(specs, config, cost, make_scheduler(name))
         except (NeedsOptions, WorkloadNotServable):
@@ -224,6 +234,9 @@ class SolveResult:
         hint: name and objective of the heuristic schedule given as a hint (None if none).
         heuristics: objective value of every heuristic run, natural units.
         solutions: (wall s, objective, bound) of every improving solution.
+        build_s: seconds before the search (heuristics, model, hint).
+        source: where the reported schedule comes from: "solver", "hint: NAME" (the solver
+            found nothing better), or "heuristic: NAME (why)" (the solver never ran).
     """
 
     status: str
@@ -244,6 +257,7 @@ class SolveResult:
     heuristics: dict = field(default_factory=dict)
     solutions: list = field(default_factory=list)
     build_s: float = 0.0
+    source: str = "solver"
 
     @property
     def proven(self) -> bool:
@@ -254,7 +268,7 @@ class SolveResult:
                 "bound": self.bound, "gap": self.gap, "solve_s": self.solve_s, "build_s": self.build_s,
                 "preemption": self.preemption, "num_batches": self.num_batches,
                 "batches_used": self.batches_used, "j_rigorous": self.j_rigorous, "j_why": self.j_why,
-                "unit_s": self.unit_s, "hint": self.hint, "heuristics": self.heuristics,
+                "unit_s": self.unit_s, "hint": self.hint, "heuristics": self.heuristics, "source": self.source,
                 "solutions": self.solutions,
                 "plans": [{"tokens": p.tokens, "preempt": sorted(p.preempt)} for p in self.plans],
                 "model_latency_s": self.model_latency_s}
@@ -271,10 +285,12 @@ class ScheduleModel:
         objective: "gpu_time", "slo" or "return".
         preemption: allow evictions.
         lam: GPU-second price of the ``return`` objective (per GPU-second).
+        deadline: a ``time.perf_counter()`` value; building raises BuildTimeout once it passes.
     """
 
     def __init__(self, specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, num_batches: int,
-                 objective: str = "gpu_time", preemption: bool = True, lam: float = 1.0):
+                 objective: str = "gpu_time", preemption: bool = True, lam: float = 1.0,
+                 deadline: Optional[float] = None):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective {objective!r} must be one of {', '.join(OBJECTIVES)}")
         if lam < 0:
@@ -287,8 +303,13 @@ class ScheduleModel:
         self.config, self.cost, self.J = config, cost, num_batches
         self.objective, self.preemption, self.lam = objective, preemption, lam
         self.unit_s = choose_unit_s(cost)
+        self.deadline = deadline
         self.m = cp_model.CpModel()
         self._build()
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise BuildTimeout(f"time limit reached while building the {self.J}-batch model")
 
     def q_time(self, seconds: float, up: bool) -> int:
         """A time in integer units, rounded up (arrivals) or down (deadlines)."""
@@ -316,6 +337,8 @@ class ScheduleModel:
             row = []
             k_prev, g_prev, dec_prev, d_prev = 0, 0, false, false
             for j in range(J):
+                if j % 16 == 0:
+                    self._check_deadline()
                 t = f"_{s.rid}_{j}"
                 c = m.new_int_var(0, min(k_ub, budget), "c" + t)
                 x = m.new_bool_var("x" + t)
@@ -376,6 +399,7 @@ class ScheduleModel:
         kv_ub = sum(s.prompt_len + s.output_len for s in self.specs)
         bounds = dict(c2=c2_ub, ck=ck_ub, ctx=kv_ub, kv=kv_ub)
         for j in range(J):
+            self._check_deadline()
             col = [self.cells[i][j] for i in range(n)]
             m.add(sum(c["c"] for c in col) <= budget)
             m.add(sum(c["c"] for c in col) >= 1).only_enforce_if(self.u[j])
@@ -439,6 +463,7 @@ class ScheduleModel:
         self.start, self.end = [], []
         prev_end = min(arrivals)
         for j in range(J):
+            self._check_deadline()
             terms = [prev_end]
             for i, a in enumerate(arrivals):
                 if a > arrivals[0]:
@@ -462,6 +487,7 @@ class ScheduleModel:
         """met_i -> TTFT and P99-TBT targets hold (metrics.py's definitions, exactly)."""
         m, J = self.m, self.J
         for i, s in enumerate(self.specs):
+            self._check_deadline()
             met = m.new_bool_var(f"met{s.rid}")
             self.met.append(met)
             row = self.cells[i]
@@ -536,24 +562,23 @@ class ScheduleModel:
     def hint_from_plans(self, plans: Sequence[BatchPlan], time_limit_s: float = 10.0) -> Optional[float]:
         """Complete ``plans`` to a full assignment (a quick solve with the decisions fixed) and
         add it as the solver's hint. Returns the model's objective value of the plans in natural
-        units, or None when they are not a feasible schedule of this model."""
+        units, or None when they are not a feasible schedule of this model (or the completion
+        did not finish within ``time_limit_s``)."""
+        from .cpsat_run import solve_bounded
         fixed = self.fix_plans(plans)
         if fixed is None:
             return None
-        solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = time_limit_s
-        solver.parameters.num_workers = 1
-        st = solver.solve(fixed)
-        if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        out = solve_bounded(fixed, time.perf_counter() + time_limit_s)
+        if not out.has_solution:
             return None
         self.m.clear_hints()
         proto = self.m.proto
         for idx in range(len(proto.variables)):
             var = self.m.get_int_var_from_proto_index(idx)
-            self.m.add_hint(var, solver.value(var))
-        self.hint_raw = int(round(solver.objective_value))
-        self.hint_plans, self.hint_latency_s = self.plans_from(solver)
-        self.hint_value = self.exact_value(solver)
+            self.m.add_hint(var, out.value(var))
+        self.hint_raw = int(round(out.objective))
+        self.hint_plans, self.hint_latency_s = self.plans_from(out)
+        self.hint_value = self.exact_value(out)
         return self.hint_value
 
     def add_cutoff(self) -> None:
@@ -602,23 +627,22 @@ class ScheduleModel:
         return plans, lats
 
 
-class _Progress(cp_model.CpSolverSolutionCallback):
-    """Prints each improving solution (objective, bound, gap, time) with rich."""
+class _Progress:
+    """Prints each improving solution (objective, bound, gap, time) with rich; keeps the rows
+    (wall s, objective, bound) in natural units."""
 
-    def __init__(self, model: ScheduleModel, console=None):
-        super().__init__()
+    def __init__(self, model, console=None):
         self.model = model
         self.console = console
         self.rows = []
 
-    def on_solution_callback(self) -> None:
-        obj = self.model.natural(self.objective_value)
-        bound = self.model.natural(self.best_objective_bound)
-        gap = abs(obj - bound) / max(1.0, abs(obj)) if self.model.objective != "gpu_time" else \
-            abs(obj - bound) / max(1e-12, abs(obj))
-        self.rows.append((round(self.wall_time, 4), obj, bound))
+    def __call__(self, wall_s: float, raw_obj: float, raw_bound: float) -> None:
+        obj = self.model.natural(raw_obj)
+        bound = self.model.natural(raw_bound)
+        gap = _gap(obj, bound, self.model.objective)
+        self.rows.append((round(wall_s, 4), obj, bound))
         if self.console is not None:
-            self.console.print(f"  solution {len(self.rows):3d}  t={self.wall_time:7.2f} s  "
+            self.console.print(f"  solution {len(self.rows):3d}  t={wall_s:7.2f} s  "
                                f"objective [bold]{obj:.6g}[/]  bound {bound:.6g}  gap {gap:.2%}")
 
 
@@ -630,12 +654,16 @@ def _gap(obj: float, bound: float, objective: str) -> float:
 def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, objective: str = "gpu_time",
           preemption: bool = True, time_limit_s: float = 60.0, num_workers: int = 1, lam: float = 1.0,
           max_batches: Optional[int] = None, hint: bool = True, seed: int = 0, console=None,
-          heuristics: Optional[dict] = None, extra_hints: Optional[dict] = None) -> SolveResult:
+          heuristics: Optional[dict] = None, extra_hints: Optional[dict] = None,
+          model: str = "auto") -> SolveResult:
     """Solve a workload's schedule for ``objective``; see the module docstring for the model.
 
     Args:
-        time_limit_s: CP-SAT wall-clock limit, seconds (the best schedule and proven bound so far
-            are returned when it is reached).
+        time_limit_s: wall-clock limit of the whole call, seconds: running the heuristics,
+            building the model, the hint and the search all count. When it ends the call, the
+            best schedule known (the solver's, else the best heuristic's) and the proven bound
+            are returned; ``status`` is the solver's (UNKNOWN when it proved nothing and found
+            nothing better than the hint, or never ran).
         num_workers: CP-SAT search workers (1 = deterministic for a given seed, modulo the limit).
         lam: price per GPU-second in the ``return`` objective.
         max_batches: cap J below the derived bound (then J is not rigorous).
@@ -644,16 +672,23 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         heuristics: precomputed ``heuristic_runs`` (else they are run here).
         extra_hints: more candidate schedules ``{name: plans}`` (e.g. the no-preemption optimum
             when solving with preemption); the best of these and the heuristic's is the hint.
+        model: "batch" (the batch-indexed model above), "segment" (``baselines.optimal_segment``,
+            gpu_time only) or "auto" (segment for gpu_time, else batch).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} must be one of {', '.join(OBJECTIVES)}")
-    if time_limit_s <= 0:
+    if not time_limit_s > 0:
         raise ValueError(f"time limit {time_limit_s} s must be > 0")
     if num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be >= 1")
+    if model not in ("auto", "batch", "segment"):
+        raise ValueError(f"model {model!r} must be auto, batch or segment")
+    if model == "segment" and objective != "gpu_time":
+        raise ValueError(f"the segment model is for objective gpu_time only (not {objective!r}); use model='batch'")
     check_supported(cost)
     t0 = time.perf_counter()
-    runs = heuristics if heuristics is not None else heuristic_runs(specs, config, cost)
+    deadline = t0 + time_limit_s
+    runs = heuristics if heuristics is not None else heuristic_runs(specs, config, cost, deadline=deadline)
     values = {name: objective_value(r.summary, objective, lam) for name, r in runs.items()
               if r.summary["num_finished"] == r.summary["num_requests"]}
     # candidates for the J bound and the hint: heuristics, plus a schedule that never preempts
@@ -667,57 +702,104 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         if best is None or better(v, cand_values[best], objective):
             best = name
     incumbent = cand_values[best]
+    fallback = (best, cands[best], incumbent)
+    if model == "auto":
+        model = "batch"
+    if model == "segment":
+        from .optimal_segment import solve_segments
+        return solve_segments(specs, config, cost, preemption, deadline, num_workers, seed, console, values,
+                              cands, best, extra_hints, hint, t0)
     inc_batches = len(cands[best].plans)
     J, rigorous, why = batch_bound(specs, config, cost, objective, preemption, incumbent, inc_batches, lam)
     if max_batches is not None and max_batches < J:
         J, rigorous, why = max_batches, False, f"capped by max_batches={max_batches}"
-    model = ScheduleModel(specs, config, cost, J, objective, preemption, lam)
-    hint_info = None
-    cands = {best: cands[best].plans} | dict(extra_hints or {})
-    if hint and cands:
-        scored = []
-        for name, plans in cands.items():
-            v = model.hint_from_plans(plans)
-            if v is not None:
-                scored.append((v, name, plans))
-        if scored:
-            v, name, plans = (min if objective == "gpu_time" else max)(scored, key=lambda t: t[0])
-            model.hint_from_plans(plans)
-            hint_info = (name, v)
+    left = lambda: deadline - time.perf_counter()  # noqa: E731
+    try:
+        m = ScheduleModel(specs, config, cost, J, objective, preemption, lam, deadline=deadline)
+        hint_info = None
+        hints = {best: cands[best].plans} | dict(extra_hints or {})
+        if hint and hints:
+            scored = []
+            for name, plans in hints.items():
+                if left() <= 0:
+                    break
+                v = m.hint_from_plans(plans, time_limit_s=min(10.0, left()))
+                if v is not None:
+                    scored.append((v, name, plans))
+            if scored:
+                v, name, plans = (min if objective == "gpu_time" else max)(scored, key=lambda t: t[0])
+                if left() > 0 and m.hint_from_plans(plans, time_limit_s=min(10.0, left())) is not None:
+                    hint_info = (name, v)
+        if left() <= 0.05:
+            raise BuildTimeout("time limit reached before the search")
+    except BuildTimeout:
+        return unsolved(objective, preemption, fallback, values, J, rigorous, why, time.perf_counter() - t0,
+                        "the time limit ended before the search started",
+                        bound=relaxation_bound(specs, config, cost, objective, preemption, lam))
     build_s = time.perf_counter() - t0
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = num_workers
-    solver.parameters.random_seed = seed
-    model.add_cutoff()
-    cb = _Progress(model, console)
-    st = solver.solve(model.m, cb)
-    status = STATUS.get(st, str(st))
-    if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        obj = model.exact_value(solver)
-        bound = obj if st == cp_model.OPTIMAL else model.natural(solver.best_objective_bound)
-        plans, lats = model.plans_from(solver)
+    m.add_cutoff()
+    cb = _Progress(m, console)
+    from .cpsat_run import solve_bounded
+    out = solve_bounded(m.m, deadline, num_workers, seed, on_solution=cb)
+    status = out.status
+    source = "solver"
+    has_bound = out.bound is not None and not out.killed
+    if out.has_solution:
+        obj = m.exact_value(out)
+        bound = obj if status == "OPTIMAL" else m.natural(out.bound)
+        plans, lats = m.plans_from(out)
         gap = _gap(obj, bound, objective)
-    elif st == cp_model.UNKNOWN and model.hint_raw is not None:
-        # no solution within the limit: the hint's schedule stands, with the solver's bound
-        status = "FEASIBLE"
-        obj = model.hint_value
-        bound = model.natural(solver.best_objective_bound)
-        if (bound > obj + 1e-9) if objective == "gpu_time" else (bound < obj - 1e-9):
+    elif m.hint_raw is not None and status in ("UNKNOWN", "INFEASIBLE"):
+        # no solution within the limit: the hint's schedule stands, with the solver's bound if it
+        # proved one (the status stays UNKNOWN: the solver proved nothing about the schedule)
+        obj = m.hint_value
+        bound = m.natural(out.bound) if has_bound and status == "UNKNOWN" else None
+        if bound is not None and ((bound > obj + 1e-9) if objective == "gpu_time" else (bound < obj - 1e-9)):
             bound = None  # stopped before any search (e.g. in presolve): no bound was proven
-        plans, lats = model.hint_plans, model.hint_latency_s
+        if bound is None:
+            bound = relaxation_bound(specs, config, cost, objective, preemption, lam)
+        if status == "INFEASIBLE":  # cannot be true (the hint satisfies every constraint): numerical failure
+            status = "UNKNOWN (solver reported INFEASIBLE despite a feasible hint: no bound)"
+        plans, lats = m.hint_plans, m.hint_latency_s
         gap = None if bound is None else _gap(obj, bound, objective)
-    elif st == cp_model.INFEASIBLE and model.hint_raw is not None:
-        # cannot be true (the hint satisfies every constraint): a numerical failure of the solver
-        status = "FEASIBLE (solver reported INFEASIBLE despite a feasible hint: no bound)"
-        obj, bound, gap = model.hint_value, None, None
-        plans, lats = model.hint_plans, model.hint_latency_s
+        source = f"hint: {hint_info[0] if hint_info else best}" + (f" ({out.note})" if out.note else "")
+    elif status == "UNKNOWN":
+        return unsolved(objective, preemption, fallback, values, J, rigorous, why, build_s,
+                        out.note or "the solver found no schedule within the limit", solve_s=out.wall_s,
+                        bound=relaxation_bound(specs, config, cost, objective, preemption, lam))
     else:
-        obj = gap = None
-        bound = model.natural(solver.best_objective_bound) if st == cp_model.UNKNOWN else None
+        obj = gap = bound = None
         plans, lats = [], []
-    return SolveResult(status, obj, bound, gap, solver.wall_time, J, len(plans), rigorous, why, plans, lats,
-                       model.unit_s, objective, preemption, hint_info, values, cb.rows, build_s)
+    return SolveResult(status, obj, bound, gap, out.wall_s, J, len(plans), rigorous, why, plans, lats,
+                       m.unit_s, objective, preemption, hint_info, values, cb.rows, build_s, source)
+
+
+def relaxation_bound(specs, config, cost, objective: str, preemption: bool, lam: float,
+                     time_limit_s: float = 1.0) -> Optional[float]:
+    """The bound of ``baselines.bound`` on ``objective`` (natural units; None if the cost model
+    has no relaxation): a GPU-second lower bound, an SLO-met upper bound, or their combination."""
+    from .bound import UnsupportedBound, gpu_time_lower_bound, slo_upper_bound
+    try:
+        if objective == "gpu_time":
+            return gpu_time_lower_bound(specs, config, cost, preemption).value
+        met = slo_upper_bound(specs, config, cost, time_limit_s).value
+        if objective == "slo":
+            return float(met)
+        return met - lam * gpu_time_lower_bound(specs, config, cost, preemption).value
+    except UnsupportedBound:
+        return None
+
+
+def unsolved(objective: str, preemption: bool, fallback: tuple, values: dict, J: int, rigorous: bool, why: str,
+             build_s: float, note: str, solve_s: float = 0.0, bound: Optional[float] = None) -> SolveResult:
+    """The result when the limit ended the call before the solver found anything: status
+    UNKNOWN, the best candidate's schedule ``fallback = (name, RecordedRun, value)`` with its
+    engine latencies, and ``bound`` if one was proven elsewhere (e.g. by a relaxation)."""
+    name, run, obj = fallback
+    gap = None if bound is None else _gap(obj, bound, objective)
+    return SolveResult("UNKNOWN", obj, bound, gap, solve_s, J, len(run.plans), rigorous, why, list(run.plans),
+                       list(run.latency_s), 0.0, objective, preemption, None, values, [], build_s,
+                       f"heuristic: {name} ({note})")
 
 
 # --------------------------------------------------------------------------- replay

@@ -31,11 +31,16 @@ def scale_lengths(specs, factor: float):
 
 
 def cmd_solve(a) -> int:
+    import time
+
     from llmsched_env.presets import get_preset
     from llmsched_env.workload import build_workload
 
     from .optimal import heuristic_runs, objective_value, replay, solve
 
+    t_start = time.perf_counter()
+    if not a.time_limit > 0:
+        raise ValueError(f"--time-limit {a.time_limit}: must be > 0 seconds")
     if a.num_requests is None:
         raise SystemExit("error: solve needs --num-requests N (the model is for small instances, e.g. 4-10)")
     preset = get_preset(a.preset, gpu_memory_utilization=a.gpu_mem_util)
@@ -48,9 +53,11 @@ def cmd_solve(a) -> int:
                   f"{preset.name}: {len(specs)} requests, {tokens} tokens (prompt+output), "
                   f"KV {cfg.num_kv_blocks} x {cfg.block_size} tokens, budget {cfg.max_num_batched_tokens}, "
                   f"{a.workers} worker(s), limit {a.time_limit:g} s")
-    runs = heuristic_runs(specs, cfg, cost)
-    r = solve(specs, cfg, cost, a.objective, not a.no_preemption, a.time_limit, a.workers, a.lam,
-              a.max_batches, not a.no_hint, a.seed, None if a.quiet else console, heuristics=runs)
+    # the limit bounds the whole command: heuristics, model, search (the replay after it is one engine run)
+    runs = heuristic_runs(specs, cfg, cost, deadline=t_start + a.time_limit)
+    left = max(0.05, a.time_limit - (time.perf_counter() - t_start))
+    r = solve(specs, cfg, cost, a.objective, not a.no_preemption, left, a.workers, a.lam,
+              a.max_batches, not a.no_hint, a.seed, None if a.quiet else console, heuristics=runs, model=a.model)
     out = r.to_dict()
     t = Table(title=f"optimal schedule ({a.objective})", header_style="bold")
     t.add_column("")
@@ -58,6 +65,7 @@ def cmd_solve(a) -> int:
     unit = {"gpu_time": "GPU-s", "slo": "requests", "return": "met - lam x GPU-s"}[a.objective]
     fmt = lambda v: "-" if v is None else f"{v:.6g}"  # noqa: E731
     t.add_row("status", r.status)
+    t.add_row("schedule from", r.source)
     t.add_row(f"objective ({unit})", fmt(r.objective))
     t.add_row("best bound", fmt(r.bound))
     t.add_row("gap", "-" if r.gap is None else f"{r.gap:.2%}")
@@ -110,12 +118,16 @@ def add_parser(sub) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="gpu_time",
                    help="gpu_time (min GPU busy s), slo (max requests meeting SLO), return (SLO - lam x GPU-s)")
     p.add_argument("--no-preemption", action="store_true", help="forbid evictions (InferMax's comparison)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="solver wall-clock limit, s")
+    p.add_argument("--time-limit", type=float, default=60.0,
+                   help="wall-clock limit of the whole command (heuristics, model building, search), s")
     p.add_argument("--workers", type=int, default=1, help="CP-SAT search workers")
     p.add_argument("--lam", type=float, default=1.0, help="return objective: price per GPU-second")
     p.add_argument("--max-batches", type=int, help="cap the number of batches J (then not rigorous)")
     p.add_argument("--length-scale", type=float, default=1.0,
                    help="multiply prompt and output lengths (small instances from a trace's distribution)")
+    p.add_argument("--model", choices=("auto", "batch", "segment"), default="auto",
+                   help="batch: one CP-SAT cell per request and batch; segment: decode runs aggregated "
+                        "(gpu_time only; baselines/optimal_segment.py); auto: segment for gpu_time")
     p.add_argument("--no-hint", action="store_true", help="no warm start from the best heuristic")
     p.add_argument("--quiet", action="store_true", help="do not print improving solutions")
     p.add_argument("--json", help="write the result (plans included) to this file")

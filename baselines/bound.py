@@ -1,0 +1,252 @@
+"""Relaxation bounds at any scale: a proven lower bound on GPU-seconds and a proven upper bound on
+the requests that can meet their SLO (hence on the env's return), for workloads far too large for
+the CP-SAT schedule (``baselines.optimal``), e.g. the default scenario's 100-request episodes.
+
+Both bounds hold for **every** schedule the engine accepts (with or without preemption, any
+chunking, prefix caching on or off), so no scheduler (heuristic, learned, or the CP-SAT optimum)
+can beat them; ``tests/test_bound.py`` checks that on every registered heuristic and against the
+exact optimum of small instances.
+
+GPU time (seconds x GPUs)
+-------------------------
+Facts every schedule obeys (P prompt, O output length of request i, B the token budget, K the KV
+capacity in blocks of ``bs`` tokens):
+
+1. Every KV token is computed at least once: positions 0..P+O-2 of each request (the prompt and
+   every generated token but the last), so the batches process at least T = sum(P + O - 1)
+   tokens. A batch processes at most B.
+2. A batch emits at most one token per request, and emitting token g (1-based) leaves the request
+   holding P + g - 1 tokens of KV after the batch, when the engine checks capacity. So a batch's
+   emitters satisfy sum ceil((P + g - 1) / bs) <= K and their count <= max_num_seqs; with at
+   least max O batches (one request's tokens) this gives a least number of emitting batches
+   J_lo = max(max O, ceil(sum_i sum_g ceil((P+g-1)/bs) / K), ceil(sum O / max_num_seqs)).
+3. Batch latency splits into a part that depends only on the batch's token count N, f(N), and
+   parts that add up over tokens or emissions (every supported cost model is a sum of
+   non-negative terms, each non-decreasing in its shape sum):
+   * f(N): the calibrated model's overhead + token-level layers(N); InferMax's a_o N + b_o plus
+     the smaller of its prefill/decode fixed terms (a nonempty batch has one); Linear's
+     base + per_token N.
+   * attention, per computed token at position p: a prefill computes it with p + 1 attention
+     pairs (InferMax's c^2 + 2ck counts 2p + 1), a decode with p + 1 KV tokens; prompt tokens
+     are always prefilled, generated tokens are decoded (or, with preemption, possibly
+     recomputed by a prefill, so the cheaper coefficient is used);
+   * per emission: the per-sequence term (a participation), and an LM-head pass per emitting
+     batch (at least J_lo of them).
+   With f_hat the lower convex envelope of f on [1, B] (non-decreasing, since f is), Jensen gives
+   sum_j f(N_j) >= J f_hat(T / J) for J batches, so
+       GPU_lb = g x [ min_{J_lo <= J <= T} J f_hat(T/J) + attention + per emission ]
+   with g = GPUs per replica.
+
+SLO attainment (requests)
+-------------------------
+A request meets its SLO only if its first token comes within its TTFT target: all of its P prompt
+tokens are processed by batches that start after its arrival a and end by a + TTFT. A batch of N
+tokens lasts at least f(N) >= beta N seconds, beta = min_N f(N) / N, and batches run one at a time.
+So for any window [s, e], the requests whose whole interval [a, a + TTFT] lies inside it need
+beta x (sum of their P) <= e - s if they all meet their TTFT. Requests that cannot meet their SLO
+even alone (TTFT below the time to prefill P tokens, or a TBT target below the fastest possible
+decode step while they have more than 1% of gaps) are excluded outright. The most requests that
+can meet their SLO is then at most the optimum of the 0/1 program
+    max sum x_i  s.t.  for each window [a_k, a_l + TTFT_l]: sum_{i inside} beta P_i x_i <= length,
+solved with HiGHS (its proven dual bound is used if the time limit stops it; the LP relaxation is
+a fallback). The return (SLO met - lambda x GPU-s) is then at most that minus lambda x GPU_lb.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from llmsched_env.cost_model import BatchShape, CalibratedCostModel, CostModel, InferMaxCostModel, LinearCostModel
+from llmsched_env.engine import EngineConfig
+from llmsched_env.request import RequestSpec
+
+
+class UnsupportedBound(TypeError):
+    """No relaxation is written for this cost model."""
+
+
+def _coefs(cost: CostModel) -> dict:
+    """Per-part coefficients (seconds): f(N) is ``f0 + token_s(N)``; attention per (p + 1) of a
+    prompt token (``att_prompt``), of a generated token decoded (``att_decode``) or recomputed by a
+    prefill (``att_recompute``); ``per_emit`` per participation; ``lm`` per emitting batch."""
+    if isinstance(cost, CalibratedCostModel):
+        att, L = cost.attention, cost.num_layers
+        return dict(token_s=lambda n: cost.overhead_s + cost.token_level_s(n), att_prompt=L * att._pf,
+                    att_decode=L * max(att._df, att._db), att_recompute=L * att._pf, per_emit=L * att.per_seq_s,
+                    lm=cost.lm_head_s(1))
+    if isinstance(cost, InferMaxCostModel):
+        s = cost.num_layers * 1e-3
+        fixed = min(cost.b_prefill_ms, cost.b_decode_ms)
+        return dict(token_s=lambda n: s * (cost.a_other_ms * n + cost.b_other_ms + fixed), att_prompt=s * cost.a_prefill_ms,
+                    att_decode=s * cost.a_decode_ms, att_recompute=s * cost.a_prefill_ms,
+                    per_emit=s * min(cost.per_prefill_ms, cost.per_decode_ms), lm=0.0, prompt_weight="2p+1")
+    if isinstance(cost, LinearCostModel):
+        return dict(token_s=lambda n: cost.base_s + cost.per_token_s * n, att_prompt=cost.per_prefill_pair_s,
+                    att_decode=cost.per_kv_s, att_recompute=cost.per_prefill_pair_s, per_emit=cost.per_seq_s, lm=0.0)
+    raise UnsupportedBound(f"no relaxation bound for {type(cost).__name__}; supported: CalibratedCostModel, "
+                           "InferMaxCostModel, LinearCostModel (add one in baselines/bound.py)")
+
+
+def lower_convex_envelope(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (x, y) of the lower convex envelope of points (1, y[0]), (2, y[1]), ... ."""
+    hull: list[tuple[float, float]] = []
+    for x, v in enumerate(y, start=1):
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (y2 - y1) * (x - x1) >= (v - y1) * (x2 - x1):  # middle point on or above the chord
+                hull.pop()
+            else:
+                break
+        hull.append((float(x), float(v)))
+    xs, ys = zip(*hull)
+    return np.array(xs), np.array(ys)
+
+
+@dataclass
+class GpuBound:
+    """A proven lower bound on GPU busy seconds x GPUs (see the module docstring).
+
+    Attributes:
+        value: the bound, GPU-seconds.
+        batches_lb: J_lo, least number of emitting batches; ``batches`` the J of the minimum.
+        tokens_lb: T, least tokens processed.
+        parts: the bound's terms, GPU-seconds.
+    """
+
+    value: float
+    batches_lb: int
+    batches: int
+    tokens_lb: int
+    parts: dict = field(default_factory=dict)
+
+
+def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel,
+                         preemption: bool = True) -> GpuBound:
+    """The relaxation's lower bound on the GPU-seconds of serving ``specs`` (every request)."""
+    c = _coefs(cost)
+    P = np.array([s.prompt_len for s in specs], dtype=np.int64)
+    O = np.array([s.output_len for s in specs], dtype=np.int64)
+    T = int(np.sum(P + O - 1))
+    bs, K = config.block_size, config.num_kv_blocks
+    area = 0
+    for p, o in zip(P.tolist(), O.tolist()):
+        g = np.arange(1, o + 1)
+        area += int(np.sum(-(-(p + g - 1) // bs)))
+    j_lo = max(int(O.max()), -(-area // K), -(-int(O.sum()) // config.max_num_seqs))
+    B = max(1, min(config.max_num_batched_tokens, T))
+    f = np.array([c["token_s"](n) for n in range(1, B + 1)])
+    hx, hy = lower_convex_envelope(f)
+    J = np.arange(j_lo, max(j_lo, T) + 1, dtype=np.float64)
+    J = J[T / J <= B] if np.any(T / J <= B) else J[-1:]
+    tok = J * np.interp(T / J, hx, hy)
+    k = int(np.argmin(tok))
+    # attention: prompt positions 0..P-1, generated positions P..P+O-2 (weights p + 1; InferMax's
+    # prefill counts 2p + 1 per prompt token, i.e. P^2 per prompt)
+    if c.get("prompt_weight") == "2p+1":
+        prompt = float(np.sum(P.astype(float) ** 2))
+    else:
+        prompt = float(np.sum(P * (P + 1) / 2))
+    gen = float(np.sum((O - 1) * P + (O - 1) * O / 2))  # sum over p = P..P+O-2 of (p + 1)
+    gen_coef = min(c["att_decode"], c["att_recompute"]) if preemption else c["att_decode"]
+    parts = {"tokens": float(tok[k]), "attention_prompt": c["att_prompt"] * prompt,
+             "attention_generated": gen_coef * gen, "per_emission": c["per_emit"] * float(O.sum()),
+             "lm_head": c["lm"] * j_lo}
+    g = config.num_gpus
+    parts = {key: v * g for key, v in parts.items()}
+    return GpuBound(sum(parts.values()), j_lo, int(J[k]), T, parts)
+
+
+def per_token_rate_s(cost: CostModel, config: EngineConfig) -> float:
+    """beta: the least seconds per token of any batch, min over N of f(N) / N (token budget B)."""
+    c = _coefs(cost)
+    n = np.arange(1, config.max_num_batched_tokens + 1)
+    return float(min(c["token_s"](int(k)) / k for k in n))
+
+
+def min_step_s(cost: CostModel, prompt_len: int) -> float:
+    """Fastest possible step that emits a request's second or later token, seconds: a decode at
+    context >= P, or (after a preemption) a one-token prefill chunk at context >= P that completes."""
+    return min(cost.batch_time(BatchShape.from_requests(decode_contexts=[prompt_len])),
+               cost.batch_time(BatchShape.from_requests(prefills=[(1, prompt_len)], completed_prefills=1)))
+
+
+@dataclass
+class SloBound:
+    """A proven upper bound on the number of requests meeting their SLO.
+
+    Attributes:
+        value: the bound (requests).
+        excluded: requests that cannot meet their SLO even alone.
+        status: HiGHS's model status; ``exact`` True when the 0/1 program was solved to
+            optimality (else its dual bound, rounded down, is used).
+        windows: constraints of the program.
+    """
+
+    value: int
+    excluded: int
+    status: str
+    exact: bool
+    windows: int
+    solve_s: float
+
+
+def slo_upper_bound(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel,
+                    time_limit_s: float = 20.0) -> SloBound:
+    """The relaxation's upper bound on how many of ``specs`` can meet their SLO."""
+    import highspy
+
+    t0 = time.perf_counter()
+    beta = per_token_rate_s(cost, config)
+    c = _coefs(cost)
+    B = config.max_num_batched_tokens
+    cand, excluded = [], 0
+    for s in specs:
+        # fastest possible first token: ceil(P / B) batches, each at least f(its tokens)
+        chunks = -(-s.prompt_len // B)
+        first = (chunks - 1) * c["token_s"](B) + c["token_s"](s.prompt_len - (chunks - 1) * B)
+        gaps = s.output_len - 1
+        slow_tbt = gaps >= 1 and math.isfinite(s.tbt_slo_s) and min_step_s(cost, s.prompt_len) > s.tbt_slo_s
+        # numpy's P99 of the gaps exceeds the target when more than 1% of them do; with every gap
+        # over it (each step is slower than the target) it always does
+        if (math.isfinite(s.ttft_slo_s) and first > s.ttft_slo_s + 1e-12) or slow_tbt:
+            excluded += 1
+            continue
+        cand.append(s)
+    if not cand:
+        return SloBound(0, excluded, "trivial", True, 0, time.perf_counter() - t0)
+    finite = [s for s in cand if math.isfinite(s.ttft_slo_s)]
+    starts = sorted({s.arrival_s for s in finite})
+    ends = sorted({s.arrival_s + s.ttft_slo_s for s in finite})
+    rows = []
+    arr = np.array([s.arrival_s for s in finite])
+    dl = np.array([s.arrival_s + s.ttft_slo_s for s in finite])
+    work = np.array([beta * s.prompt_len for s in finite])
+    for a in starts:
+        for e in ends:
+            if e <= a:
+                continue
+            inside = np.nonzero((arr >= a) & (dl <= e))[0]
+            if len(inside) and work[inside].sum() > e - a + 1e-12:
+                rows.append((inside, e - a))
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(max(1.0, time_limit_s)))
+    h.setOptionValue("mip_rel_gap", 0.0)
+    n = len(finite)
+    inf = highspy.kHighsInf
+    h.addVars(n, np.zeros(n), np.ones(n))
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), -np.ones(n))
+    h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), np.array([highspy.HighsVarType.kInteger] * n))
+    for idx, length in rows:
+        h.addRow(-inf, length, len(idx), idx.astype(np.int32), work[idx])
+    h.run()
+    status = h.modelStatusToString(h.getModelStatus())
+    info = h.getInfo()
+    exact = h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    dual = -info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else float(n)
+    value = int(math.floor(dual + 1e-6))
+    return SloBound(min(n, value) + (len(cand) - n), excluded, status, exact, len(rows), time.perf_counter() - t0)

@@ -1,0 +1,54 @@
+"""The relaxation bounds (baselines/bound.py) are never beaten: not by any heuristic, not by the
+exact optimum of small instances, with or without preemption, on every supported cost model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from baselines.bound import gpu_time_lower_bound, lower_convex_envelope, slo_upper_bound
+from baselines.optimal import heuristic_runs, solve
+from llmsched_env.presets import get_preset
+from llmsched_env.workload import WorkloadConfig, build_workload
+from tests.test_optimal import COST, LAM, small_instance
+
+
+def test_convex_envelope_is_below_and_convex():
+    rng = np.random.default_rng(0)
+    y = np.cumsum(rng.uniform(0, 1, 200))  # non-decreasing
+    hx, hy = lower_convex_envelope(y)
+    env = np.interp(np.arange(1, 201), hx, hy)
+    assert np.all(env <= y + 1e-12)
+    slopes = np.diff(hy) / np.diff(hx)
+    assert np.all(np.diff(slopes) >= -1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("preemption", [True, False])
+def test_bounds_hold_against_the_optimum_and_heuristics(seed, preemption):
+    specs, cfg = small_instance(seed)
+    lb = gpu_time_lower_bound(specs, cfg, COST, preemption).value
+    ub = slo_upper_bound(specs, cfg, COST).value
+    opt_gpu = solve(specs, cfg, COST, "gpu_time", preemption, time_limit_s=20, model="batch")
+    opt_slo = solve(specs, cfg, COST, "slo", preemption, time_limit_s=20)
+    assert opt_gpu.status == "OPTIMAL" and opt_slo.status == "OPTIMAL"
+    assert lb <= opt_gpu.objective + 1e-12
+    assert ub >= opt_slo.objective
+    for name, run in heuristic_runs(specs, cfg, COST).items():
+        if not preemption and run.summary["num_preemptions"]:
+            continue
+        assert run.summary["gpu_busy_s"] >= lb - 1e-12, name
+        assert run.summary["num_slo_met"] <= ub, name
+
+
+@pytest.mark.parametrize("preset", ["a100-llama3-8b", "infermax-a100-llama2-7b", "h100-llama3-8b"])
+def test_bounds_hold_on_real_lengths(preset, shared_data):
+    p = get_preset(preset)
+    specs = build_workload(WorkloadConfig(num_requests=40, arrival="poisson", rate=8.0, lengths="trace",
+                                          trace="splitwise_conv", seed=3, oversize="drop",
+                                          max_total_len=min(4096, p.max_request_tokens(num_kv_blocks=1024))))
+    cfg = p.engine_config(num_kv_blocks=1024)
+    lb = gpu_time_lower_bound(specs, cfg, p.cost_model).value
+    ub = slo_upper_bound(specs, cfg, p.cost_model).value
+    for name, run in heuristic_runs(specs, cfg, p.cost_model).items():
+        assert run.summary["gpu_busy_s"] >= lb, name
+        assert run.summary["num_slo_met"] <= ub, name
