@@ -31,7 +31,7 @@ $(VENV)/.vllm-installed: $(STAMP) scripts/install_vllm.sh
 	touch $@
 
 test-vllm: $(VENV)/.vllm-installed
-	LLMSCHED_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:xdist tests/test_vllm_hook.py tests/test_vllm_adapter.py tests/test_vllm_export.py
+	LLMSCHED_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:xdist tests/test_vllm_hook.py tests/test_vllm_serving.py tests/test_vllm_adapter.py tests/test_vllm_export.py
 
 bench: $(STAMP)
 	$(BIN)/python eval/bench_engine.py

@@ -15,9 +15,12 @@ llmsched                    vLLM v1
 ``rid`` (int)               a counter the hook assigns at ``add_request`` (``request_id`` kept)
 ``arrival_s``               ``Request.arrival_time`` minus the hook's start time (wall clock)
 ``prompt_len``              ``num_prompt_tokens``
-``num_computed``            ``num_computed_tokens``
+``num_computed``            ``num_computed_tokens`` (with async scheduling: including the step in
+                            flight, as vLLM plans the next step on it)
 ``prefill_target``          ``num_tokens`` when (re)admitted: prompt, or prompt + generated after
-                            a recompute preemption (the same rule as the llmsched engine)
+                            a recompute preemption (the same rule as the llmsched engine); +1
+                            while the first token after it is in flight (async scheduling), so a
+                            decoding request always has ``token_times``
 ``num_generated``           ``num_output_tokens``
 ``num_blocks``              KV blocks held (first KV-cache group)
 ``priority``                ``priority`` (lower = more important, as in both)
@@ -29,12 +32,17 @@ llmsched                    vLLM v1
 ``first/last_scheduled_s``  hook-clock times of the request's first and latest scheduled step
 ==========================  ==================================================================
 
-Engine-level extras: ``finished`` (snapshots, finish order), ``busy_s`` and
-``last_step_latency_s`` (wall time from ``schedule()`` to that step's outputs), ``used_blocks``.
+Engine-level extras: ``requests`` (live requests by rid; a finished one moves to ``finished``),
+``finished`` (a ``FinishedLog``: ``len`` counts all finished so far, the latest
+are kept as snapshots), ``busy_s`` and ``last_step_latency_s`` (wall seconds the engine spent on
+steps: from a step's ``schedule()``, or the previous step's outputs if later, to its outputs),
+``num_waiting``, ``used_blocks``.
 """
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -85,9 +93,9 @@ def policy_from_spec(spec: str) -> Scheduler:
 class VLLMRequestView:
     """One vLLM ``Request`` with llmsched ``Request`` attribute names (read-only)."""
 
-    __slots__ = ("_req", "_view", "rid", "request_id", "arrival_s", "prefill_target",
-                 "token_times", "ttft_slo_s", "tbt_slo_s", "first_scheduled_s",
-                 "last_scheduled_s", "admitted_s", "finish_s")
+    __slots__ = ("_req", "_view", "rid", "request_id", "arrival_s", "_target", "token_times",
+                 "ttft_slo_s", "tbt_slo_s", "first_scheduled_s", "last_scheduled_s", "admitted_s",
+                 "finish_s")
 
     def __init__(self, req, view: "VLLMEngineView", rid: int, arrival_s: float,
                  ttft_slo_s: float = math.inf, tbt_slo_s: float = math.inf):
@@ -96,7 +104,7 @@ class VLLMRequestView:
         self.rid = rid
         self.request_id = req.request_id
         self.arrival_s = arrival_s
-        self.prefill_target = req.num_tokens
+        self._target = req.num_tokens  # set again by the hook at each (re)admission
         self.token_times: list[float] = []
         self.ttft_slo_s = ttft_slo_s
         self.tbt_slo_s = tbt_slo_s
@@ -155,11 +163,30 @@ class VLLMRequestView:
     def status(self) -> int:
         if self._req.is_finished():
             return FINISHED
-        return RUNNING if self.rid in self._view._running_rids else WAITING
+        view = self._view
+        return RUNNING if self.rid in view._running_rids or self.rid in view._finishing \
+            else WAITING
+
+    @property
+    def prefill_target(self) -> int:
+        """Tokens to compute before the next first token: waiting, what a (re)admission computes
+        (``num_tokens``); running, that number at admission, plus 1 while the token of the step
+        that completed it has not come back (async scheduling: vLLM schedules that request again
+        at once, 1 token, so the view shows it as prefilling with 1 token left, never as a
+        decode without a token)."""
+        req = self._req
+        view = self._view
+        if self.rid not in view._running_rids and self.rid not in view._finishing:
+            return req.num_tokens
+        target = self._target
+        if req.num_output_placeholders and req.num_output_tokens <= target - req.num_prompt_tokens:
+            return target + 1
+        return target
 
     @property
     def num_blocks(self) -> int:
-        return self._view._num_blocks(self._req.request_id)
+        blocks = self._view._req_blocks.get(self.request_id)
+        return len(blocks) if blocks else 0
 
     # -- derived exactly as llmsched_env.request.Request derives them
     @property
@@ -181,11 +208,12 @@ class VLLMRequestView:
 
     def finished_copy(self) -> "FinishedRequest":
         """A light snapshot for ``view.finished`` that keeps no vLLM objects alive."""
-        return FinishedRequest(self.rid, self.request_id, self.arrival_s, self.prompt_len,
-                               self.num_generated, self.priority, self.num_preemptions,
-                               self.token_times, self.ttft_slo_s, self.tbt_slo_s,
-                               self.first_scheduled_s, self.last_scheduled_s, self.admitted_s,
-                               self.finish_s)
+        req = self._req
+        return FinishedRequest(self.rid, self.request_id, self.arrival_s, req.num_prompt_tokens,
+                               req.num_output_tokens, req.max_tokens, req.priority,
+                               req.num_preemptions, self.token_times, self.ttft_slo_s,
+                               self.tbt_slo_s, self.first_scheduled_s, self.last_scheduled_s,
+                               self.admitted_s, self.finish_s)
 
     def __repr__(self) -> str:
         return (f"VLLMRequestView(rid={self.rid}, id={self.request_id!r}, computed="
@@ -194,13 +222,14 @@ class VLLMRequestView:
 
 @dataclass(frozen=True, slots=True)
 class FinishedRequest:
-    """A request vLLM finished (stop or length), as ``view.finished`` lists it."""
+    """A request vLLM finished (stop, length or abort), as ``view.finished`` lists it."""
 
     rid: int
     request_id: str
     arrival_s: float
     prompt_len: int
     num_generated: int
+    max_tokens: int
     priority: int
     num_preemptions: int
     token_times: list
@@ -218,57 +247,134 @@ class FinishedRequest:
         return self.token_times[0] if self.token_times else None
 
 
+class FinishedLog(Sequence):
+    """Requests finished so far in finish order, of which only the latest ``capacity`` are kept
+    (a server runs for ever; memory must not grow with uptime).
+
+    ``len()`` counts every request finished so far and indices are positions in that full
+    sequence, so the usual "what finished since I last looked" read, ``log[seen:]`` with
+    ``seen = len(log)`` from the last step, returns the new ones as long as fewer than
+    ``capacity`` finish between two reads (at most ``max_num_seqs`` finish per step).
+    Iterating yields the kept ones; indexing a dropped position raises IndexError.
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"FinishedLog capacity must be >= 1, not {capacity}")
+        self.capacity = capacity
+        self._kept: deque = deque(maxlen=capacity)
+        self._count = 0
+
+    def append(self, item) -> None:
+        self._kept.append(item)
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        return iter(self._kept)
+
+    def __getitem__(self, k):
+        first = self._count - len(self._kept)
+        if isinstance(k, slice):
+            return [self._kept[i - first] for i in range(*k.indices(self._count)) if i >= first]
+        i = k + self._count if k < 0 else k
+        if not first <= i < self._count:
+            raise IndexError(f"finished request #{k} is not kept (the log keeps the last "
+                             f"{self.capacity} of {self._count})")
+        return self._kept[i - first]
+
+
 class VLLMEngineView:
     """The llmsched engine view (``running``, ``iter_waiting()``, ``free_blocks``, ``config``,
-    ``now_s``) over a vLLM v1 scheduler, rebuilt cheaply each step by the hook.
+    ``now_s``, ...) over a vLLM v1 scheduler. The hook keeps one and ``refresh``-es it each step;
+    the per-step work is proportional to the running batch (waiting requests are read lazily
+    from vLLM's queue).
 
     Args:
         sched: the vLLM scheduler (reads ``running``, ``waiting``, ``kv_cache_manager``).
-        records: ``request_id -> VLLMRequestView`` kept by the hook across steps.
+        records: ``request_id -> VLLMRequestView``, kept by the hook.
+        requests: ``rid -> VLLMRequestView`` of the live requests, kept by the hook.
         config: the limits as an llmsched ``EngineConfig``.
-        now_s: the hook clock now, seconds.
         cost_model: a llmsched cost model if one was configured, else None.
-        waiting: schedulable waiting vLLM requests in vLLM's queue order.
-        finished: ``FinishedRequest`` snapshots in finish order (only appended to).
-        busy_s: total wall seconds from each non-empty step's ``schedule()`` to its outputs.
-        last_step_latency_s: that time for the last step whose outputs came back, seconds.
+        finished: a ``FinishedLog`` of ``FinishedRequest`` snapshots, kept by the hook.
+        waiting_statuses: the vLLM request statuses a schedulable waiting request has.
+
+    Attributes set by ``refresh``: ``now_s`` (hook clock, s), ``busy_s`` (s the engine was busy
+    running steps), ``last_step_latency_s`` (s, the last step whose outputs came back),
+    ``num_steps`` (vLLM's step counter), ``running`` (rid -> request, vLLM's running order;
+    with async scheduling, not those whose last token is in flight: vLLM will not run them
+    again and they finish when it comes back, as they would have in a synchronous engine).
     """
 
-    def __init__(self, sched, records: dict, config: EngineConfig, now_s: float,
-                 cost_model, waiting: list, finished: list, busy_s: float,
-                 last_step_latency_s: float):
+    def __init__(self, sched, records: dict, requests: dict, config: EngineConfig, cost_model,
+                 finished: FinishedLog, waiting_statuses: tuple):
         self._sched = sched
+        self._records = records
+        self.requests = requests
         self.config = config
-        self.now_s = now_s
         self._cost_model = cost_model
         self.finished = finished
-        self.busy_s = busy_s
-        self.last_step_latency_s = last_step_latency_s
+        self._waiting_statuses = waiting_statuses
+        self._req_blocks = sched.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks
+        self._block_pool = sched.kv_cache_manager.block_pool
         self.running: dict[int, VLLMRequestView] = {}
-        for req in sched.running:
-            rec = records[req.request_id]
-            self.running[rec.rid] = rec
         self._running_rids = self.running.keys()
-        self._waiting = [records[r.request_id] for r in waiting]
-        self.requests = {rec.rid: rec for rec in records.values()}
-        for rec in records.values():
-            rec._view = self
+        self._finishing: set[int] = set()
+        self.now_s = 0.0
+        self.busy_s = 0.0
+        self.last_step_latency_s = 0.0
+        self.num_steps = 0
+        self._num_waiting: Optional[int] = None
         self.next_arrival_s = None  # unknown: requests arrive whenever clients send them
         self.done = False
-        self.num_steps = sched.current_step
+
+    def refresh(self, now_s: float, busy_s: float, last_step_latency_s: float) -> None:
+        """Take vLLM's state now (the hook calls this before each policy decision)."""
+        records = self._records
+        running = {}
+        finishing = self._finishing
+        finishing.clear()
+        for req in self._sched.running:
+            rec = records[req.request_id]
+            placeholders = req.num_output_placeholders
+            if placeholders and (req.num_computed_tokens + 2 - placeholders
+                                 >= req.num_prompt_tokens + req.max_tokens):
+                finishing.add(rec.rid)  # its last token is in flight: vLLM will not run it again
+            else:
+                running[rec.rid] = rec
+        self.running = running
+        self._running_rids = running.keys()
+        self.now_s = now_s
+        self.busy_s = busy_s
+        self.last_step_latency_s = last_step_latency_s
+        self.num_steps = self._sched.current_step
+        self._num_waiting = None
 
     def iter_waiting(self) -> Iterator[VLLMRequestView]:
         """Schedulable waiting requests in vLLM's queue order (recompute-preempted ones first,
-        most recent first; then arrivals in FCFS order or by priority)."""
-        return iter(self._waiting)
+        most recent first; then arrivals in FCFS order or by priority). Not listed, as vLLM's
+        own loop skips them: requests blocked on a grammar or streaming input, and preempted
+        ones whose in-flight output (async scheduling) has not come back yet."""
+        records = self._records
+        statuses = self._waiting_statuses
+        for r in self._sched.waiting:
+            if r.status in statuses and not (r.num_stale_output_tokens and not r.drop_stale_output):
+                rec = records.get(r.request_id)
+                if rec is not None:
+                    yield rec
 
     @property
     def waiting(self) -> list[VLLMRequestView]:
-        return list(self._waiting)
+        return list(self.iter_waiting())
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        """``len(waiting)`` (counted on the first read in a step: O(queue length))."""
+        if self._num_waiting is None:
+            self._num_waiting = sum(1 for _ in self.iter_waiting())
+        return self._num_waiting
 
     @property
     def num_requests(self) -> int:
@@ -293,12 +399,7 @@ class VLLMEngineView:
     @property
     def free_blocks(self) -> int:
         """Free KV blocks now (vLLM's block pool, evictable prefix-cache blocks included)."""
-        return self._sched.kv_cache_manager.block_pool.get_num_free_blocks()
+        return self._block_pool.get_num_free_blocks()
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.config.block_size)
-
-    def _num_blocks(self, request_id: str) -> int:
-        blocks = self._sched.kv_cache_manager.coordinator.get_blocks(request_id)
-        return len(blocks[0]) if blocks else 0
-

@@ -1,15 +1,22 @@
 """An llmsched policy as vLLM's scheduler: ``--scheduler-cls agents.vllm_hook.LLMSchedScheduler``.
 
 Pinned to vLLM 0.33.0 (v1 engine). ``LLMSchedScheduler`` subclasses vLLM's own
-``vllm.v1.core.sched.scheduler.Scheduler``. Each step it shows vLLM's request state to any
-registered llmsched scheduler through the engine view of ``agents.vllm_adapter`` and carries out
-the ``BatchPlan`` the policy returns:
+``vllm.v1.core.sched.scheduler.Scheduler``, or its ``AsyncScheduler`` when async scheduling is
+on (vLLM's default; ``LLMSchedAsyncScheduler``, chosen at construction). Each step it shows
+vLLM's request state to any registered llmsched scheduler through the engine view of
+``agents.vllm_adapter`` and carries out the ``BatchPlan`` the policy returns, with the llmsched
+engine's ordering contract (only the plan's contents matter, never its iteration order):
 
 - ``plan.preempt``: these running requests are preempted (recompute), by vLLM's
-  ``_preempt_request``;
+  ``_preempt_request``, newest admitted first, so they head the waiting queue in admission order
+  (what successive victims of vLLM's newest-first rule give);
 - ``plan.tokens`` for running requests: each runs with that many tokens (a prefill chunk, or 1
   decode token); running requests left out keep their KV and do not run this step;
-- ``plan.tokens`` for waiting requests: admitted in the plan's order with that prefill chunk.
+- ``plan.tokens`` for waiting requests: admitted in waiting-queue order with that prefill chunk.
+
+The hook imposes no limit of its own: the view's ``config`` carries vLLM's token budget,
+``max_num_seqs`` and KV cache size; a policy whose own ``token_budget`` (or ``max_decodes``) is
+lower is logged once at INFO with both numbers.
 
 KV allocation (``kv_cache_manager.allocate_slots``, prefix caching, watermark, vLLM's full-prompt
 admission check), token budgets, the ``SchedulerOutput`` and everything after the forward pass
@@ -40,12 +47,13 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from vllm.logger import init_logger
 from vllm.v1.core.sched.interface import PauseState
 from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine import EngineCoreEventType
@@ -54,7 +62,7 @@ from vllm.v1.request import RequestStatus
 from llmsched_env.engine import EngineConfig
 from llmsched_env.plan import BatchPlan
 
-from .vllm_adapter import (DEFAULT_POLICY, CostModelUnavailable, OracleUnavailable,
+from .vllm_adapter import (DEFAULT_POLICY, CostModelUnavailable, FinishedLog, OracleUnavailable,
                            VLLMEngineView, VLLMRequestView, policy_from_spec)
 
 VLLM_VERSION = "0.33.0"
@@ -72,15 +80,16 @@ class HookStats:
         plan_preemptions: preemptions the policy asked for and vLLM made.
         fallback_preemptions: preemptions by vLLM's rule because a planned request's KV did not fit.
         refused_admissions: planned admissions vLLM could not make (KV, sequence limit, budget,
-            blocked request), by reason.
+            blocked request, output of a preempted request still in flight), by reason.
         clamped: planned token counts cut to what the request is owed, the budget or
             ``max_model_len``.
         ignored: plan entries naming requests that are neither running nor waiting.
         prefix_cache_tokens: prompt tokens admitted requests found in vLLM's prefix cache (their
             planned chunk shrinks accordingly).
         policy_errors: steps whose policy raised (vLLM's own ``schedule()`` ran instead).
-        in_flight: planned running requests skipped because their previous step's output had
-            not come back (only with async scheduling on).
+        in_flight: planned running requests vLLM cannot run this step because of a step in
+            flight: its output has not come back (synchronous scheduler called twice), or it
+            already reaches ``max_tokens`` (async scheduling; vLLM skips these too).
         idle_with_waiting: steps whose plan was empty while requests waited and none ran (the
             policy's choice, carried out; a policy that always does this never serves them).
     """
@@ -114,6 +123,10 @@ def _env_seconds(name: str) -> float:
 class LLMSchedScheduler(Scheduler):
     """vLLM's v1 scheduler with an llmsched policy deciding each batch (see the module docstring).
 
+    With async scheduling on (vLLM's default) constructing this class gives a
+    ``LLMSchedAsyncScheduler``, the same hook on vLLM's ``AsyncScheduler``, so one
+    ``--scheduler-cls agents.vllm_hook.LLMSchedScheduler`` serves either way.
+
     Args: as vLLM's ``Scheduler``, plus
         policy: a policy spec string or an llmsched scheduler object (overrides
             ``additional_config["llmsched_policy"]`` and ``LLMSCHED_POLICY``).
@@ -126,6 +139,13 @@ class LLMSchedScheduler(Scheduler):
         clock: returns wall-clock seconds (``time.time``); the view's times are seconds since
             the scheduler started on this clock.
     """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is LLMSchedScheduler:
+            vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+            if vllm_config is not None and vllm_config.scheduler_config.async_scheduling:
+                cls = LLMSchedAsyncScheduler
+        return super().__new__(cls)
 
     def __init__(self, *args, policy=None, cost_model=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -147,13 +167,16 @@ class LLMSchedScheduler(Scheduler):
         self.last_plan: BatchPlan | None = None
         self.clock = time.time
         self._t0 = self.clock()
-        self._records: dict[str, VLLMRequestView] = {}
-        self._finished: list = []
+        self._records: dict[str, VLLMRequestView] = {}  # request_id -> view of a live request
+        self._by_rid: dict[int, VLLMRequestView] = {}  # the same by rid: view.requests
         self._busy_s = 0.0
         self._last_latency_s = 0.0
+        self._last_return_s = -math.inf  # hook clock when the last non-empty step's output came
         self._in_flight_since: dict[int, float] = {}  # id(SchedulerOutput) -> schedule time
         self._next_rid = 0
         self._warned: set[str] = set()
+        # The engine's own limits, nothing lower: vLLM's token budget is the smaller of
+        # max_num_scheduled_tokens and max_num_batched_tokens (equal unless set apart).
         self.llmsched_config = EngineConfig(
             num_kv_blocks=self.kv_cache_manager.block_pool.num_gpu_blocks - 1,  # one null block
             block_size=self.block_size,
@@ -163,20 +186,36 @@ class LLMSchedScheduler(Scheduler):
             max_model_len=self.max_model_len,
             num_gpus=self.parallel_config.tensor_parallel_size,
         )
+        # At most max_num_active_reqs finish per step: the log keeps several steps' worth.
+        self._finished = FinishedLog(max(4 * self.max_num_active_reqs, 1024))
+        self._view = VLLMEngineView(self, self._records, self._by_rid, self.llmsched_config,
+                                    cost_model, self._finished,
+                                    (RequestStatus.WAITING, RequestStatus.PREEMPTED))
         self._unsupported = self._unsupported_features()
-        if self.scheduler_config.async_scheduling:
-            logger.warning("llmsched hook: async scheduling is on, but LLMSchedScheduler is a "
-                           "synchronous scheduler (like vLLM's Scheduler): a request whose last "
-                           "step is still in flight cannot run, so steps alternate. Serve with "
-                           "--no-async-scheduling.")
         name = getattr(self.llmsched_policy, "name", type(self.llmsched_policy).__name__)
         if self._unsupported:
             logger.warning("llmsched policy %r is NOT driving this engine: vLLM's own scheduler "
                            "runs every step because the hook does not support: %s", name,
                            ", ".join(self._unsupported))
         else:
-            logger.info("llmsched policy %r schedules this engine (vLLM %s hook)", name,
-                        VLLM_VERSION)
+            logger.info("llmsched policy %r schedules this engine (vLLM %s hook, %s scheduling)",
+                        name, VLLM_VERSION,
+                        "async" if isinstance(self, AsyncScheduler) else "synchronous")
+        self._log_policy_limits(name)
+
+    def _log_policy_limits(self, name: str) -> None:
+        """Say once, at INFO, where the policy's own limits are below the engine's: the hook
+        passes the engine's limits on unchanged, so these are the policy's choice."""
+        cfg = self.llmsched_config
+        own = getattr(self.llmsched_policy, "token_budget", None)
+        if isinstance(own, int) and own < cfg.max_num_batched_tokens:
+            logger.info("llmsched policy %r plans at most %d tokens per step (its token_budget), "
+                        "below vLLM's budget of %d (max_num_batched_tokens)", name, own,
+                        cfg.max_num_batched_tokens)
+        own = getattr(self.llmsched_policy, "max_decodes", None)
+        if isinstance(own, int) and own < cfg.max_num_seqs:
+            logger.info("llmsched policy %r runs at most %d decodes per step (its max_decodes), "
+                        "below vLLM's max_num_seqs of %d", name, own, cfg.max_num_seqs)
 
     # ------------------------------------------------------------ what is supported
     def _unsupported_features(self) -> list[str]:
@@ -217,44 +256,60 @@ class LLMSchedScheduler(Scheduler):
         known = request.request_id in self.requests
         super().add_request(request)
         if not known and request.request_id in self.requests:
-            self._records[request.request_id] = VLLMRequestView(
-                request, None, self._next_rid, request.arrival_time - self._t0,
-                self._ttft_slo_s, self._tbt_slo_s)
+            rec = VLLMRequestView(request, self._view, self._next_rid,
+                                  request.arrival_time - self._t0, self._ttft_slo_s,
+                                  self._tbt_slo_s)
+            self._records[request.request_id] = rec
+            self._by_rid[rec.rid] = rec
             self._next_rid += 1
+
+    def finish_requests(self, request_ids, finished_status):
+        finished = super().finish_requests(request_ids, finished_status)
+        if finished:
+            now = self.clock() - self._t0
+            for req in finished:
+                self._retire(req.request_id, now)
+        return finished
+
+    def _retire(self, request_id: str, now: float) -> None:
+        """A request finished: it leaves ``view.requests`` for a snapshot in ``view.finished``."""
+        rec = self._records.pop(request_id, None)
+        if rec is not None:
+            del self._by_rid[rec.rid]
+            rec.finish_s = now
+            self._finished.append(rec.finished_copy())
 
     def update_from_output(self, scheduler_output, model_runner_output):
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         now = self.clock() - self._t0
         started = self._in_flight_since.pop(id(scheduler_output), None)
         if started is not None:
-            self._last_latency_s = max(now - started, 0.0)
+            # With async scheduling the step ran on the GPU from the previous step's end.
+            self._last_latency_s = max(now - max(started, self._last_return_s), 0.0)
             self._busy_s += self._last_latency_s
+            self._last_return_s = now
+        records = self._records
         for req_id in scheduler_output.num_scheduled_tokens:
-            rec = self._records.get(req_id)
+            rec = records.get(req_id)
             if rec is None:
                 continue
-            missing = rec._req.num_output_tokens - len(rec.token_times)
+            req = rec._req
+            missing = req.num_output_tokens - len(rec.token_times)
             if missing > 0:
                 rec.token_times.extend([now] * missing)
-            if rec._req.is_finished():
-                rec.finish_s = now
-                self._finished.append(rec.finished_copy())
-                del self._records[req_id]
+            if req.is_finished():
+                self._retire(req_id, now)
         return outputs
 
     def make_view(self) -> VLLMEngineView:
         """The llmsched engine view of vLLM's state now (what the policy is shown)."""
-        records = self._records
-        for req_id in [r for r in records if r not in self.requests]:
-            del records[req_id]
-        waiting = [r for r in self.waiting
-                   if r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
-                   and r.request_id in records]
-        for r in waiting:
-            records[r.request_id].prefill_target = r.num_tokens
-        return VLLMEngineView(self, records, self.llmsched_config, self.clock() - self._t0,
-                              self.llmsched_cost_model, waiting, self._finished, self._busy_s,
-                              self._last_latency_s)
+        if len(self._records) > len(self.requests):
+            # vLLM dropped a request on a path the hook does not see: forget it too.
+            now = self.clock() - self._t0
+            for req_id in [r for r in self._records if r not in self.requests]:
+                self._retire(req_id, now)
+        self._view.refresh(self.clock() - self._t0, self._busy_s, self._last_latency_s)
+        return self._view
 
     # ------------------------------------------------------------ the step
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
@@ -264,12 +319,22 @@ class LLMSchedScheduler(Scheduler):
             if len(self._in_flight_since) > 64:  # outputs that never came back
                 self._in_flight_since.clear()
             self._in_flight_since[id(output)] = now
+            records = self._records
             for req_id in output.num_scheduled_tokens:
-                rec = self._records.get(req_id)
+                rec = records.get(req_id)
                 if rec is not None:
                     if rec.first_scheduled_s is None:
                         rec.first_scheduled_s = rec.admitted_s = now
                     rec.last_scheduled_s = now
+            # (Re)admissions, by the policy or by vLLM's own schedule(): the prefill target.
+            for new in output.scheduled_new_reqs:
+                rec = records.get(new.req_id)
+                if rec is not None:
+                    rec._target = rec._req.num_tokens
+            for req_id in output.scheduled_cached_reqs.resumed_req_ids:
+                rec = records.get(req_id)
+                if rec is not None:
+                    rec._target = rec._req.num_tokens
         return output
 
     def _schedule(self, throttle_prefills: bool) -> SchedulerOutput:
@@ -315,45 +380,54 @@ class LLMSchedScheduler(Scheduler):
         timestamp = time.monotonic()
         self.kv_cache_manager.new_step_starts()
         budget = self.llmsched_config.max_num_batched_tokens
-        by_rid = {rec.rid: rec for rec in self._records.values()}
+        by_rid, records, tokens = self._by_rid, self._records, plan.tokens
+        was_running = view.running  # as the policy saw it
         num_scheduled: dict[str, int] = {}
         new_blocks_of: dict = {}
         new_reqs: list = []
         resumed_reqs: list = []
         running_reqs: list = []
 
-        # 1. The plan's preemptions, in the order the llmsched engine applies them (each goes
-        #    to the head of waiting, in vLLM as in llmsched).
-        running_ids = {r.request_id for r in self.running}
-        victims = []
-        for rid in plan.preempt:
-            rec = by_rid.get(rid)
-            if rec is None or rec.request_id not in running_ids or rid in plan.tokens:
-                stats.ignored += 1
-                self._note("bad-preempt", "plan preempts request %s, which is not running or is "
-                           "also scheduled; ignored", rid)
-                continue
-            victims.append(rec._req)
-        for req in victims:
-            self.running.remove(req)
-            self._preempt_request(req, timestamp)
-            stats.plan_preemptions += 1
+        # 1. The plan's preemptions. As in the llmsched engine, whatever the set's order: the
+        #    newest admitted first, each to the head of waiting, so they end up there in
+        #    admission order -- what successive victims of vLLM's newest-first rule give.
+        if plan.preempt:
+            victims = set()
+            for rid in plan.preempt:
+                if rid not in was_running or rid in tokens:
+                    stats.ignored += 1
+                    self._note("bad-preempt", "plan preempts request %s, which is not running or "
+                               "is also scheduled; ignored", rid)
+                    continue
+                victims.add(was_running[rid]._req)
+            if victims:
+                order = [r for r in reversed(self.running) if r in victims]
+                self.running = [r for r in self.running if r not in victims]
+                for req in order:
+                    self._preempt_request(req, timestamp,
+                                          drop_stale_output=self.requires_kv_delivery)
+                stats.plan_preemptions += len(order)
 
         # 2. Running requests in the plan, in vLLM's running order.
-        waiting_ids = {rec.request_id for rec in view.iter_waiting()}
-        for req in list(self.running):
+        for req in list(self.running) if tokens else ():
             if req.status != RequestStatus.RUNNING:
                 continue  # preempted by a fallback earlier in this loop
-            rec = self._records[req.request_id]
-            n = plan.tokens.get(rec.rid)
+            rec = records[req.request_id]
+            n = tokens.get(rec.rid)
             if n is None:
                 continue
-            owed = req.num_tokens - req.num_computed_tokens
-            if owed <= 0:  # its last step's output has not come back yet (async engine)
+            computed, placeholders = req.num_computed_tokens, req.num_output_placeholders
+            if (placeholders and computed + 2 - placeholders
+                    >= req.num_prompt_tokens + req.max_tokens) \
+                    or self.current_step < req.next_decode_eligible_step:
+                stats.in_flight += 1  # vLLM's rule: the step in flight reaches max_tokens
+                continue
+            owed = req.num_tokens_with_spec + placeholders - computed
+            if owed <= 0:  # its last step's output has not come back (synchronous Scheduler)
                 stats.in_flight += 1
                 continue
             ok = min(max(int(n), 1), owed, budget,
-                     self.max_model_len - req.num_computed_tokens - self.num_sampled_tokens_per_step)
+                     self.max_model_len - computed - self.num_sampled_tokens_per_step)
             if ok != n:
                 stats.clamped += 1
                 self._note("clamp", "request %s: planned %s tokens, ran %s (owed %s, budget %s)",
@@ -371,11 +445,12 @@ class LLMSchedScheduler(Scheduler):
                     running_reqs.remove(victim)
                     budget += num_scheduled.pop(victim.request_id)
                     new_blocks_of.pop(victim.request_id)
-                self._preempt_request(victim, timestamp)
+                self._preempt_request(victim, timestamp,
+                                      drop_stale_output=self.requires_kv_delivery)
                 stats.fallback_preemptions += 1
                 self._note("kv-fallback", "request %s's %s tokens do not fit the KV cache; "
                            "preempted %s by vLLM's rule", rec.rid, ok,
-                           self._records[victim.request_id].rid)
+                           records[victim.request_id].rid)
                 if victim is req:
                     break
             if blocks is None:
@@ -385,35 +460,72 @@ class LLMSchedScheduler(Scheduler):
             num_scheduled[req.request_id] = ok
             budget -= ok
 
-        # 3. Waiting requests in the plan, admitted in the plan's order.
-        for rid, n in plan.tokens.items():
+        # 3. Waiting requests in the plan, admitted in waiting-queue order whatever the plan's
+        #    order (the llmsched engine's rule: equal plans have equal effects).
+        joining: dict = {}
+        for rid, n in tokens.items() if len(tokens) > len(num_scheduled) else ():
+            if rid in was_running:
+                continue  # handled above
             rec = by_rid.get(rid)
-            if rec is None or (rec.request_id not in waiting_ids
-                               and rec.request_id not in running_ids):
+            if rec is None:
                 stats.ignored += 1
                 self._note("bad-id", "plan schedules request %s, which is neither running nor "
                            "waiting; ignored", rid)
                 continue
-            if rec.request_id not in waiting_ids:
-                continue  # a running request, handled above
             req = rec._req
-            refused = self._admit(req, rec, int(n), budget, timestamp)
-            if isinstance(refused, str):
-                stats.refused_admissions[refused] += 1
-                self._note("refused-" + refused, "request %s not admitted: %s", rid, refused)
-                continue
-            ok, blocks = refused
-            if req.status == RequestStatus.WAITING:
-                new_reqs.append(req)
+            if req.status not in (RequestStatus.WAITING, RequestStatus.PREEMPTED):
+                refused = "blocked (grammar/streaming)"
+            elif req.num_stale_output_tokens and not req.drop_stale_output:
+                refused = "output in flight"  # vLLM's rule: resume once it has come back
             else:
-                resumed_reqs.append(req)
-            new_blocks_of[req.request_id] = blocks
-            num_scheduled[req.request_id] = ok
-            budget -= ok
-            req.status = RequestStatus.RUNNING
+                joining[req] = (rec, n)
+                continue
+            stats.refused_admissions[refused] += 1
+            self._note("refused-" + refused, "request %s not admitted: %s", rid, refused)
+        if joining:
+            in_order = []
+            for req in self.waiting:
+                if req in joining:
+                    in_order.append(req)
+                    if len(in_order) == len(joining):
+                        break
+            admitted = []
+            for req in in_order:
+                rec, n = joining[req]
+                refused = self._admit(req, rec, int(n), budget, timestamp)
+                if isinstance(refused, str):
+                    stats.refused_admissions[refused] += 1
+                    self._note("refused-" + refused, "request %s not admitted: %s", rec.rid,
+                               refused)
+                    continue
+                ok, blocks = refused
+                if req.status == RequestStatus.WAITING:
+                    new_reqs.append(req)
+                else:
+                    resumed_reqs.append(req)
+                admitted.append(req)
+                new_blocks_of[req.request_id] = blocks
+                num_scheduled[req.request_id] = ok
+                budget -= ok
+                req.status = RequestStatus.RUNNING
+            if admitted:
+                self._remove_from_waiting(admitted)
 
         return self._make_output(new_reqs, resumed_reqs, running_reqs, num_scheduled,
                                  new_blocks_of)
+
+    def _remove_from_waiting(self, admitted: list) -> None:
+        queue = self.waiting
+        if isinstance(queue, deque):  # FCFS: admissions are usually at the head
+            left = set(admitted)
+            while left and queue[0] in left:
+                left.discard(queue.popleft())
+            for req in left:
+                queue.remove(req)
+        elif len(admitted) == 1:
+            queue.remove_request(admitted[0])
+        else:
+            queue.remove_requests(admitted)
 
     def _admit(self, req, rec, n: int, budget: int, timestamp: float):
         """Admit one waiting request with a chunk of up to ``n`` tokens; returns
@@ -447,13 +559,11 @@ class LLMSchedScheduler(Scheduler):
             req.prefill_stats.set(num_prompt_tokens=req.num_prompt_tokens,
                                   num_local_cached_tokens=num_cached,
                                   num_external_cached_tokens=0)
-        self.waiting.remove_request(req)
-        self.deferred_waiting.discard(req)
+        self.deferred_waiting.discard(req)  # the caller takes it out of self.waiting
         self.running.append(req)
         if self.log_stats:
             req.record_event(EngineCoreEventType.SCHEDULED, timestamp)
         req.num_computed_tokens = num_cached
-        rec.prefill_target = req.num_tokens
         if num_cached + ok < req.num_tokens:
             self._inflight_prefills.add(req)
         return ok, self.kv_cache_manager.get_blocks(req.request_id)
@@ -505,3 +615,12 @@ class LLMSchedScheduler(Scheduler):
             self.sched_step_seq += 1
         self._update_after_schedule(output)
         return output
+
+
+class LLMSchedAsyncScheduler(LLMSchedScheduler, AsyncScheduler):
+    """The hook on vLLM's ``AsyncScheduler`` (what ``LLMSchedScheduler(...)`` builds when async
+    scheduling is on): the next step is planned while the last one runs, on vLLM's in-flight
+    state (``num_computed_tokens`` includes the step in flight; its sampled tokens are output
+    placeholders until they come back). A decode in flight runs again at once, as under vLLM's
+    own async scheduler; a request whose first token is in flight shows as prefilling with 1
+    token left (``VLLMRequestView.prefill_target``)."""

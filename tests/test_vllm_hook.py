@@ -14,7 +14,7 @@ from vllm.v1.core.sched.scheduler import Scheduler as VLLMScheduler  # noqa: E40
 
 from agents.vllm_adapter import CostModelUnavailable, OracleUnavailable  # noqa: E402
 from agents.vllm_hook import LLMSchedScheduler  # noqa: E402
-from agents.vllm_offline import build_scheduler, fake_step, tiny_model_config  # noqa: E402
+from agents.vllm_offline import BatchQueue, build_scheduler, fake_step, tiny_model_config  # noqa: E402
 from agents.vllm_offline import make_request as vllm_request  # noqa: E402
 from llmsched_env.cost_model import LinearCostModel  # noqa: E402
 from llmsched_env.engine import Engine, EngineConfig  # noqa: E402
@@ -43,17 +43,20 @@ def rid_of(sched, req_id):
 
 
 def run_checked(sched, lengths, max_steps=500, exact=True):
-    """Drive to completion; each policy step's SchedulerOutput must equal its BatchPlan.
-    Returns the plans and the vLLM outputs per step."""
+    """Drive to completion (with vLLM's async engine loop when the config says async); each
+    policy step's SchedulerOutput must equal its BatchPlan. Returns the plans and the vLLM
+    outputs per step."""
     for i, (p, o) in enumerate(lengths):
         sched.add_request(vllm_request(i, p, o))
+    engine_step = (BatchQueue(sched).step if sched.scheduler_config.async_scheduling
+                   else lambda: step(sched))
     plans, outs = [], []
     for _ in range(max_steps):
         if not sched.get_num_unfinished_requests():
             break
         before = sched.hook_stats.policy_steps
         waiting_before = [r.request_id for r in sched.waiting]
-        out = step(sched)
+        out = engine_step()
         if sched.hook_stats.policy_steps == before:
             continue
         plan = sched.last_plan
@@ -63,7 +66,8 @@ def run_checked(sched, lengths, max_steps=500, exact=True):
         if exact:
             assert done == plan.tokens, "vLLM ran other token counts than the plan"
             assert {rid_of(sched, k) for k in out.preempted_req_ids} == plan.preempt
-            admitted = [rid for rid in plan.tokens if f"req-{rid}" in waiting_before]
+            planned = {f"req-{rid}" for rid in plan.tokens}
+            admitted = [rid_of(sched, r) for r in waiting_before if r in planned]  # queue order
             started = [rid_of(sched, r.req_id) for r in out.scheduled_new_reqs]
             started += [rid_of(sched, r) for r in out.scheduled_cached_reqs.resumed_req_ids]
             assert sorted(started) == sorted(admitted)
@@ -214,9 +218,10 @@ def test_custom_policy_decides_order_chunks_and_victims(model_config):
     admission order); here: the plan really was unlike what vLLM would have done."""
     policy = ShortestPromptFixedChunk(chunk=24)
     sched = build(model_config, policy=policy, num_blocks=13, budget=64, max_seqs=4)
-    plans, outs = run_checked(sched, [(90, 30), (20, 40), (50, 30), (9, 45), (60, 20)])
-    # Shortest prompt first (vLLM would admit 0, 1, 2, 3 in arrival order).
-    assert [rid_of(sched, r.req_id) for r in outs[0].scheduled_new_reqs] == [3, 1, 2, 4]
+    plans, outs = run_checked(sched, [(90, 30), (60, 30), (50, 30), (9, 45), (20, 40)])
+    # Shortest prompts first: 0 (the longest) waits, where vLLM would admit 0, 1, 2, 3. They
+    # join the running list in queue order (the ordering contract), not the plan's.
+    assert [rid_of(sched, r.req_id) for r in outs[0].scheduled_new_reqs] == [1, 2, 3, 4]
     # Prefill chunks are the policy's fixed 24 tokens at most, not vLLM's 64-token budget.
     chunks = [n for plan in plans for n in plan.tokens.values() if n > 1]
     assert max(chunks) == 24
