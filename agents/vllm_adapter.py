@@ -18,9 +18,9 @@ llmsched                    vLLM v1
 ``num_computed``            ``num_computed_tokens`` (with async scheduling: including the step in
                             flight, as vLLM plans the next step on it)
 ``prefill_target``          ``num_tokens`` when (re)admitted: prompt, or prompt + generated after
-                            a recompute preemption (the same rule as the llmsched engine); +1
-                            while the first token after it is in flight (async scheduling), so a
-                            decoding request always has ``token_times``
+                            a recompute preemption (the same rule as the llmsched engine); while
+                            the first token after it is in flight (async), ``num_computed + 1``,
+                            so a decoding request always has its ``token_times``
 ``num_generated``           ``num_output_tokens``
 ``num_blocks``              KV blocks held (first KV-cache group)
 ``priority``                ``priority`` (lower = more important, as in both)
@@ -170,17 +170,17 @@ class VLLMRequestView:
     @property
     def prefill_target(self) -> int:
         """Tokens to compute before the next first token: waiting, what a (re)admission computes
-        (``num_tokens``); running, that number at admission, plus 1 while the token of the step
-        that completed it has not come back (async scheduling: vLLM schedules that request again
-        at once, 1 token, so the view shows it as prefilling with 1 token left, never as a
-        decode without a token)."""
+        (``num_tokens``); running, that number at admission -- until the token of the step that
+        completed it comes back (async scheduling): vLLM runs the request again at once, 1
+        token, so the view shows it as prefilling with 1 token left (``num_computed + 1``),
+        never as a decode without a token."""
         req = self._req
         view = self._view
         if self.rid not in view._running_rids and self.rid not in view._finishing:
             return req.num_tokens
         target = self._target
         if req.num_output_placeholders and req.num_output_tokens <= target - req.num_prompt_tokens:
-            return target + 1
+            return req.num_computed_tokens + 1
         return target
 
     @property
@@ -300,6 +300,9 @@ class VLLMEngineView:
         cost_model: a llmsched cost model if one was configured, else None.
         finished: a ``FinishedLog`` of ``FinishedRequest`` snapshots, kept by the hook.
         waiting_statuses: the vLLM request statuses a schedulable waiting request has.
+        running_status: vLLM's status of a running request.
+        stale: preempted vLLM requests whose in-flight output may not have come back (the
+            hook adds them; ``refresh`` drops those whose output has come back).
 
     Attributes set by ``refresh``: ``now_s`` (hook clock, s), ``busy_s`` (s the engine was busy
     running steps), ``last_step_latency_s`` (s, the last step whose outputs came back),
@@ -309,7 +312,7 @@ class VLLMEngineView:
     """
 
     def __init__(self, sched, records: dict, requests: dict, config: EngineConfig, cost_model,
-                 finished: FinishedLog, waiting_statuses: tuple):
+                 finished: FinishedLog, waiting_statuses: tuple, running_status, stale: set):
         self._sched = sched
         self._records = records
         self.requests = requests
@@ -317,6 +320,8 @@ class VLLMEngineView:
         self._cost_model = cost_model
         self.finished = finished
         self._waiting_statuses = waiting_statuses
+        self._running_status = running_status
+        self._stale = stale
         self._req_blocks = sched.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks
         self._block_pool = sched.kv_cache_manager.block_pool
         self.running: dict[int, VLLMRequestView] = {}
@@ -351,6 +356,9 @@ class VLLMEngineView:
         self.last_step_latency_s = last_step_latency_s
         self.num_steps = self._sched.current_step
         self._num_waiting = None
+        if self._stale:
+            for r in [r for r in self._stale if not r.num_stale_output_tokens]:
+                self._stale.discard(r)
 
     def iter_waiting(self) -> Iterator[VLLMRequestView]:
         """Schedulable waiting requests in vLLM's queue order (recompute-preempted ones first,
@@ -371,9 +379,19 @@ class VLLMEngineView:
 
     @property
     def num_waiting(self) -> int:
-        """``len(waiting)`` (counted on the first read in a step: O(queue length))."""
+        """``len(waiting)``, without walking the queue: vLLM's queue length less the few that
+        cannot be scheduled (blocked ones are in vLLM's ``deferred_waiting``, preempted ones
+        with output in flight in the hook's ``stale`` set)."""
         if self._num_waiting is None:
-            self._num_waiting = sum(1 for _ in self.iter_waiting())
+            sched, statuses = self._sched, self._waiting_statuses
+            n = len(sched.waiting)
+            for r in (sched.deferred_waiting | self._stale) if self._stale else \
+                    sched.deferred_waiting:
+                if r.status not in statuses:
+                    n -= not r.is_finished() and r.status != self._running_status
+                elif r.num_stale_output_tokens and not r.drop_stale_output:
+                    n -= 1
+            self._num_waiting = n
         return self._num_waiting
 
     @property

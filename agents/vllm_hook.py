@@ -188,9 +188,11 @@ class LLMSchedScheduler(Scheduler):
         )
         # At most max_num_active_reqs finish per step: the log keeps several steps' worth.
         self._finished = FinishedLog(max(4 * self.max_num_active_reqs, 1024))
+        self._stale: set = set()  # preempted with output in flight (async): not resumable yet
         self._view = VLLMEngineView(self, self._records, self._by_rid, self.llmsched_config,
                                     cost_model, self._finished,
-                                    (RequestStatus.WAITING, RequestStatus.PREEMPTED))
+                                    (RequestStatus.WAITING, RequestStatus.PREEMPTED),
+                                    RequestStatus.RUNNING, self._stale)
         self._unsupported = self._unsupported_features()
         name = getattr(self.llmsched_policy, "name", type(self.llmsched_policy).__name__)
         if self._unsupported:
@@ -278,6 +280,11 @@ class LLMSchedScheduler(Scheduler):
             del self._by_rid[rec.rid]
             rec.finish_s = now
             self._finished.append(rec.finished_copy())
+
+    def _preempt_request(self, request, timestamp, drop_stale_output=False):
+        super()._preempt_request(request, timestamp, drop_stale_output)
+        if request.num_stale_output_tokens:
+            self._stale.add(request)
 
     def update_from_output(self, scheduler_output, model_runner_output):
         outputs = super().update_from_output(scheduler_output, model_runner_output)

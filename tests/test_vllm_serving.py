@@ -74,6 +74,7 @@ class Checked:
         self.inner.reset()
 
     def schedule(self, view):
+        assert view.num_waiting == len(view.waiting)
         for r in list(view.running.values()) + view.waiting:
             assert r.tokens_owed >= 1, r
             assert len(r.token_times) == r.num_generated, r
@@ -129,6 +130,33 @@ def test_every_heuristic_serves_vllm_with_async_scheduling(model_config, name):
     empty = [sum(not o.total_num_scheduled_tokens for o in serve(s, LENGTHS, True))
              for s in (hook, native)]
     assert empty[0] <= empty[1]
+
+
+def test_a_request_preempted_with_output_in_flight_waits_for_it(model_config):
+    """Async: a request preempted while its step is in flight is not resumable until that
+    output comes back (vLLM's rule: resuming could resample a position the output delivers).
+    The view does not list it as waiting meanwhile; a plan that admits it anyway is refused."""
+    plans = [BatchPlan({0: 20, 1: 20}), BatchPlan({0: 1}, {1}), BatchPlan({0: 1, 1: 21})]
+    sched = build(model_config, policy=Checked(Scripted(plans)), num_blocks=65, budget=256,
+                  max_seqs=8, async_scheduling=True)
+    for i in range(2):
+        sched.add_request(vllm_request(i, 20, 4))
+    loop = BatchQueue(sched)
+    loop.step()  # step 1 scheduled: both prefill
+    loop.step()  # step 2 scheduled (1 preempted, its step-1 token in flight); step 1 comes back
+    view = sched.make_view()
+    assert [r.rid for r in view.iter_waiting()] == [1] and view.num_waiting == 1
+    sched2 = build(model_config, policy=Checked(Scripted(plans[:2] + [BatchPlan({0: 1, 1: 20})])),
+                   num_blocks=65, budget=256, max_seqs=8, async_scheduling=True)
+    for i in range(2):
+        sched2.add_request(vllm_request(i, 20, 4))
+    sched2.schedule()
+    sched2.schedule()  # 1 is preempted with its step-1 output still in flight
+    view = sched2.make_view()
+    assert view.waiting == [] and view.num_waiting == 0 and 1 in view.requests
+    out = sched2.schedule()
+    assert "req-1" not in out.num_scheduled_tokens
+    assert sched2.hook_stats.refused_admissions["output in flight"] == 1
 
 
 # ------------------------------------------------------------------ the engine's limits
