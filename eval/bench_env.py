@@ -1,111 +1,110 @@
-"""Environment speed: env steps per second under a random masked policy, observation and mask
-included, on one core.
+"""Environment and training throughput: agent decisions per second, and engine steps per decision.
 
-    PYTHONPATH=. python eval/bench_env.py [--steps 20000] [--scenario heavy] [--num-kv-blocks 8192]
-        [--num-requests 300] [--rate 15]
-        [--policy weighted] [--profile]
+    python eval/bench_env.py                       # the env alone, the slai rule as a constant action
+    python eval/bench_env.py --ppo 20480           # PPO as train/ppo.py runs it (2 subprocess envs, gSDE)
+    python eval/bench_env.py --profile             # top functions of a cProfile run of the env
 
-The defaults measure the speed goal's setting: K = 32, the heavy scenario's tiers and lengths
-with 300 requests per episode at 15 req/s and the KV cache enlarged to 8,192 blocks, so that the
-running set stays near its 24 places and batches hold about two dozen requests.
-
-Policies: ``uniform`` samples each slot's choice uniformly among the choices its mask allows
-(it preempts a quarter of the running requests every step, so batches stay small); ``weighted``
-samples among the allowed choices with weights hold 1, preempt 0.02, run 6, fill 2, each chunk 1,
-and always the largest budget level, so the running set fills up and batches hold dozens of
-requests. ``uniform`` samples the budget level uniformly. Reports steps/s of wall time and of this process's CPU
-time (the fairer figure on a shared machine), the mean batch size (requests) and the mean running
-set; ``--profile`` prints the top functions of a cProfile run.
+The env alone: ``--decisions`` decisions of the default scenario (observation, rule decoding, the
+plan builder every engine step, the engine, the reward), one core. ``--ppo N``: ``N`` decisions
+of Stable-Baselines3 PPO with the shipped recipe's settings (``n_envs`` subprocess envs, n_steps,
+batch, epochs, gSDE, the (64, 64) networks), rollouts and updates included, no evaluation: the
+figure of the issue's throughput goal (>= 1,000 decisions/s on 2 cores). Reports wall time and
+decisions/s; the engine steps each decision covers are counted from the env's ``info``.
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from llmsched_env import ServingEnv, get_scenario
-from llmsched_env.action import CHUNK0, FILL, HOLD, PREEMPT, RUN
-
-
-def make_policy(env: ServingEnv, kind: str, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    K, A = env.scenario.num_slots, env.decoder.num_choices
-    B = len(env.decoder.budget_levels)
-    w = np.ones(A)
-    if kind == "weighted":
-        w[HOLD], w[PREEMPT], w[RUN], w[FILL] = 1.0, 0.02, 6.0, 2.0
-        w[CHUNK0:] = 1.0
-    elif kind != "uniform":
-        raise ValueError(f"policy must be uniform or weighted, not {kind!r}")
-    logw = np.log(w)
-
-    def act(mask: np.ndarray) -> np.ndarray:
-        m = mask[:K * A].reshape(K, A)
-        # Gumbel-max: a sample from the masked, weighted categorical of every slot at once.
-        g = logw - np.log(-np.log(rng.random((K, A))))
-        a = np.where(m, g, -np.inf).argmax(1)
-        return np.append(a, B - 1 if kind == "weighted" else rng.integers(B))
-
-    return act
+import numpy as np  # noqa: E402
 
 
-def bench(scenario: str, steps: int, policy: str, seed: int = 0, num_kv_blocks: int | None = None,
-          num_requests: int | None = None, rate: float | None = None) -> dict:
-    sc = get_scenario(scenario)
-    over = {}
-    if num_kv_blocks:
-        over["num_kv_blocks"] = num_kv_blocks
-    if num_requests:
-        over["workload"] = sc.workload.with_(num_requests=num_requests)
-    if rate:
-        over["rate_range"] = (rate, rate)
-    env = ServingEnv(sc, **over)
-    act = make_policy(env, policy, seed)
+def bench_env(scenario: str, decisions: int, seed: int = 0) -> dict:
+    from llmsched_env import ServingEnv
+    from llmsched_env.priority import HEURISTIC_RULES
+    env = ServingEnv(scenario)
+    action = env.agent.spec.action_of(HEURISTIC_RULES["slai"])
     env.reset(seed=seed)
-    batch = running = episodes = 0
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    for _ in range(steps):
-        _, _, term, trunc, info = env.step(act(env.action_masks()))
-        batch += info["batch_size"]
-        running += len(env.engine.running)
+    steps = episodes = 0
+    t = time.perf_counter()
+    for _ in range(decisions):
+        _, _, term, trunc, info = env.step(action)
+        steps += info["engine_steps"]
         if term or trunc:
             episodes += 1
             env.reset()
-    dt = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    return {"scenario": scenario, "policy": policy, "steps": steps, "seconds": dt, "cpu_seconds": cpu,
-            "steps_per_s": steps / dt, "steps_per_cpu_s": steps / cpu, "mean_batch": batch / steps, "mean_running": running / steps,
-            "episodes_finished": episodes, "num_slots": env.scenario.num_slots}
+    dt = time.perf_counter() - t
+    return {"what": "env", "scenario": scenario, "decisions": decisions, "seconds": dt,
+            "decisions_per_s": decisions / dt, "engine_steps_per_decision": steps / decisions,
+            "engine_steps_per_s": steps / dt, "episodes": episodes}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=20000)
-    ap.add_argument("--scenario", default="heavy")
-    ap.add_argument("--num-kv-blocks", type=int, default=8192, help="0 = the scenario's")
-    ap.add_argument("--num-requests", type=int, default=300, help="0 = the scenario's")
-    ap.add_argument("--rate", type=float, default=15.0, help="arrival rate (req/s); 0 = the scenario's range")
-    ap.add_argument("--policy", default="weighted", choices=("uniform", "weighted"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--profile", action="store_true")
-    a = ap.parse_args()
+def bench_ppo(scenario: str, decisions: int, n_envs: int, n_steps: int | None = None, seed: int = 0) -> dict:
+    import torch as th
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    sys.path.insert(0, str(ROOT / "train"))
+    from ppo import Args, make_env
+    a = Args()
+    th.set_num_threads(1)
+    fns = [make_env(scenario, seed + i, a.reward_scale) for i in range(n_envs)]
+    venv = SubprocVecEnv(fns, start_method="spawn") if n_envs > 1 else DummyVecEnv(fns)
+    model = PPO("MlpPolicy", venv, n_steps=n_steps or a.n_steps, batch_size=a.batch_size, n_epochs=a.n_epochs,
+                clip_range=a.clip_range, target_kl=a.target_kl, use_sde=a.use_sde, sde_sample_freq=a.sde_sample_freq,
+                policy_kwargs={"net_arch": {"pi": list(a.hidden), "vf": list(a.hidden)},
+                               "activation_fn": th.nn.Tanh, "log_std_init": a.log_std_init},
+                seed=seed, device="cpu", verbose=0)
+    t = time.perf_counter()
+    model.learn(decisions)
+    dt = time.perf_counter() - t
+    venv.close()
+    return {"what": "ppo", "scenario": scenario, "n_envs": n_envs, "decisions": int(model.num_timesteps),
+            "seconds": dt, "decisions_per_s": model.num_timesteps / dt}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenario", default="default")
+    p.add_argument("--decisions", type=int, default=5000, help="env decisions to time")
+    p.add_argument("--ppo", type=int, default=0, help="also time this many PPO decisions")
+    p.add_argument("--n-envs", type=int, default=None, help="PPO envs (default: the recipe's)")
+    p.add_argument("--n-steps", type=int, default=None, help="PPO rollout length per env (default: the recipe's)")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    a = p.parse_args(argv)
+    out = []
     if a.profile:
         prof = cProfile.Profile()
         prof.enable()
-    r = bench(a.scenario, a.steps, a.policy, a.seed, a.num_kv_blocks or None, a.num_requests or None,
-              a.rate or None)
+    r = bench_env(a.scenario, a.decisions)
     if a.profile:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
-    print(f"{r['steps_per_s']:,.0f} env steps/s wall, {r['steps_per_cpu_s']:,.0f} per CPU-second "
-          f"({r['steps']} steps in {r['seconds']:.2f} s; K={r['num_slots']}, "
-          f"{r['policy']} masked policy, mean batch {r['mean_batch']:.1f} requests, mean running "
-          f"{r['mean_running']:.1f}, {r['episodes_finished']} episodes finished)")
+    out.append(r)
+    print(f"env ({a.scenario}): {r['decisions_per_s']:.0f} decisions/s, {r['engine_steps_per_decision']:.2f} engine "
+          f"steps per decision ({r['engine_steps_per_s']:.0f} engine steps/s), {r['decisions']} decisions in "
+          f"{r['seconds']:.2f} s")
+    if a.ppo:
+        sys.path.insert(0, str(ROOT / "train"))
+        from ppo import Args
+        r = bench_ppo(a.scenario, a.ppo, a.n_envs or Args().n_envs, a.n_steps)
+        out.append(r)
+        print(f"PPO ({r['n_envs']} envs): {r['decisions_per_s']:.0f} decisions/s ({r['decisions']} decisions in "
+              f"{r['seconds']:.1f} s, rollouts and updates)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,18 +1,24 @@
-"""A trained policy against every heuristic, on held-out seeds, with paired 95% confidence
-intervals.
+"""A learned policy against the heuristics, on held-out seeds, with paired 95% confidence
+intervals, in the settings the README reports.
 
-    PYTHONPATH=. python eval/policy_vs_heuristics.py [--policy agents/zoo/default] [--episodes 20]
-        [--seed 10000] [--heuristics all | fcfs,slai,...] [--jobs 2] [--json OUT]
+    python eval/policy_vs_heuristics.py                           # shipped policy, default scenario
+    python eval/policy_vs_heuristics.py --settings all --episodes 20 --readme   # the README table
+    python eval/policy_vs_heuristics.py --policy runs/ppo/policy --settings heavy,trace
 
-Every scheduler plays the same workloads: reset seeds seed .. seed + episodes - 1 of the policy's
-scenario (held out: training draws its workloads from the env's own RNG, imitation uses reset
-seeds from 1,000,000, validation 5,000..). The policy acts deterministically through the env; a
-heuristic acts through ``encode_plan`` (or, in an episode where it admits beyond the K slots, runs
-directly on the same workload; ``agents.rollout.heuristic_episode``; for a policy whose action
-vetoes a heuristic's admissions, ``llmsched_env.veto``, every heuristic episode runs directly,
-on the same engine and workload). For each heuristic the table gives its means and the paired
-difference policy - heuristic of the return (SLO - lambda GPU-s) and of SLO attainment, mean and 95% t-interval over the episodes. The goal row: the best
-heuristic by mean SLO attainment.
+Every scheduler plays the same workloads: reset seeds ``seed .. seed + episodes - 1`` of each
+setting's scenario (held out: training uses its own seed stream, validation 5000..), through
+``agents.episodes.run_episode`` (one loop for every scheduler; the policy as ``ppo:path=...``).
+For each heuristic the table gives its means and the paired difference policy - heuristic of the
+return (requests meeting their SLO - lambda x GPU-s) and of SLO attainment, mean and 95%
+t-interval. "best" is the heuristic with the highest mean return (oracle baselines that read the
+true output length, srpt/sjf/ltr, are not heuristics a server could run and are left out).
+
+Settings (``SETTINGS``):
+  * default, heavy, trace: the scenarios of the same names (training's is default);
+  * arxiv: robustness (a), another length distribution (arXiv summarisation: long prompts, short
+    outputs) at a higher rate than trained, 1.2-1.8 requests/s (its saturation is far lower);
+  * full-kv: robustness (b), the preset's whole KV cache with its default 256 sequences, under a
+    heavy conversation load (10-16 requests/s, 300 requests).
 """
 from __future__ import annotations
 
@@ -20,120 +26,143 @@ import argparse
 import json
 import multiprocessing as mp
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import Progress  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 from eval.stats import t_interval  # noqa: E402
 from llmsched_env.scheduler import split_specs  # noqa: E402
 
-ALL = ("fcfs,vllm-v1:priority,vllm-v1:budget512,vllm-v1:budget256,vllm-v0,sarathi,orca,faster-transformer,"
-       "no-preempt,infermax-srf,slai,srpt,sjf,ltr,fastserve,edf")
+HEURISTICS = ("fcfs", "sarathi", "vllm-v1:policy=priority", "edf", "slai")
+SETTINGS = {
+    "default": ("default", {}),
+    "heavy": ("heavy", {}),
+    "trace": ("trace", {}),
+    "arxiv": ("default", {"workload": "arxiv", "rate_range": (1.2, 1.8)}),
+    "full-kv": ("default", {"num_kv_blocks": None, "rate_range": (10.0, 16.0), "workload": "full"}),
+}
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def paired_ci(diff, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of paired differences and its t-interval (low, high): ``eval.stats.t_interval``."""
-    iv = t_interval(diff, level)
-    return iv.mean, iv.mean - iv.half, iv.mean + iv.half
+def scenario_for(setting: str):
+    from llmsched_env.scenarios import get_scenario
+    name, over = SETTINGS[setting]
+    sc = get_scenario(name)
+    over = dict(over)
+    wl = over.pop("workload", None)
+    if wl == "arxiv":
+        over["workload"] = sc.workload.with_(trace="arxiv_summarization_stats_llama2_tokenizer_filtered_v2")
+    elif wl == "full":
+        over["workload"] = sc.workload.with_(num_requests=300)
+    return sc.with_(name=f"{name}/{setting}", **over)
 
 
-def _episodes(job):
-    kind, name, policy_dir, seeds = job
-    import torch
-    torch.set_num_threads(1)
-    from agents.loader import load_policy
-    from agents.rollout import heuristic_episode, policy_episode
-    pol = load_policy(policy_dir)
-    env = pol.make_env()
-    if kind == "policy":
-        return name, [policy_episode(env, pol.act, s) for s in seeds]
-    return name, [heuristic_episode(env, name, s) for s in seeds]
+def _job(job) -> dict:
+    from agents.episodes import run_episode
+    setting, spec, seed = job
+    row = run_episode(scenario_for(setting), spec, seed)
+    row["scheduler"] = spec
+    return row
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--policy", default="agents/zoo/default", help="policy directory (policy.pt + policy.yaml)")
-    ap.add_argument("--episodes", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=10_000)
-    ap.add_argument("--heuristics", default="all")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes")
-    ap.add_argument("--json")
-    ap.add_argument("--cache", help="JSON file of heuristic episode rows (heuristics are deterministic: "
-                                    "rows are reused when scenario, overrides, heuristic and seed match)")
-    a = ap.parse_args(argv)
-    if a.episodes < 2:
-        ap.error("--episodes must be >= 2 for a confidence interval")
-    from agents.loader import load_policy
-    pol = load_policy(a.policy)  # fail early on a bad directory
-    heur = split_specs(ALL) if a.heuristics == "all" else split_specs(a.heuristics)
-    seeds = list(range(a.seed, a.seed + a.episodes))
-    key = json.dumps([pol.scenario_name, pol.meta.get("overrides")])
-    cache = {}
-    if a.cache and Path(a.cache).is_file():
-        cache = json.loads(Path(a.cache).read_text())
-    rows: dict = {}
-    jobs = [("policy", "policy", a.policy, seeds)]
-    for h in heur:
-        hit = [cache.get(f"{key}|{h}|{s}") for s in seeds]
-        if all(hit):
-            rows[h] = hit
-        else:
-            jobs.append(("heuristic", h, a.policy, seeds))
-    with Progress() as bar, ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as ex:
-        task = bar.add_task("schedulers", total=len(jobs))
-        for name, eps in ex.map(_episodes, jobs):
-            rows[name] = eps
-            bar.advance(task)
-    rows = {"policy": rows["policy"], **{h: rows[h] for h in heur}}
-    if a.cache:
-        for h in heur:
-            for s, e in zip(seeds, rows[h]):
-                cache[f"{key}|{h}|{s}"] = e
-        Path(a.cache).write_text(json.dumps(cache))
-    p = rows["policy"]
-    t = Table(title=f"{a.policy} (scenario {pol.scenario_name}) vs heuristics: {a.episodes} held-out episodes, "
-                    f"reset seeds {seeds[0]}..{seeds[-1]}; diff = policy - heuristic, paired 95% CI")
-    for c in ("scheduler", "return", "SLO attain.", "GPU-s", "TTFT P99 s", "TBT P99 s", "preempt.",
-              "diff return [95% CI]", "diff SLO [95% CI]", "direct"):
-        t.add_column(c, justify="right")
-    out = {"policy": a.policy, "scenario": pol.scenario_name, "seeds": seeds, "rows": {}}
-
-    def mean(eps, k):
-        return float(np.mean([e[k] for e in eps]))
-    for name, eps in rows.items():
-        dr = paired_ci([x["return"] - y["return"] for x, y in zip(p, eps)])
-        ds = paired_ci([x["slo_attainment"] - y["slo_attainment"] for x, y in zip(p, eps)])
-        direct = sum(e.get("via") == "direct" for e in eps)
-        out["rows"][name] = {k: mean(eps, k) for k in ("return", "slo_attainment", "gpu_busy_s", "ttft_p99_s",
-                                                       "tbt_p99_s", "preemptions")}
-        out["rows"][name].update({"diff_return": dr, "diff_slo": ds, "direct_episodes": direct})
-        t.add_row(name, f"{mean(eps, 'return'):.2f}", f"{mean(eps, 'slo_attainment'):.3f}",
-                  f"{mean(eps, 'gpu_busy_s'):.1f}", f"{mean(eps, 'ttft_p99_s'):.2f}", f"{mean(eps, 'tbt_p99_s'):.3f}",
-                  f"{mean(eps, 'preemptions'):.0f}",
-                  "" if name == "policy" else f"{dr[0]:+.2f} [{dr[1]:+.2f}, {dr[2]:+.2f}]",
-                  "" if name == "policy" else f"{ds[0]:+.3f} [{ds[1]:+.3f}, {ds[2]:+.3f}]",
-                  "" if name == "policy" else f"{direct}/{a.episodes}")
-    console = Console(width=max(160, Console().width))
-    console.print(t)
-    best = max((n for n in rows if n != "policy"), key=lambda n: out["rows"][n]["slo_attainment"])
-    b = out["rows"][best]
-    goal = (out["rows"]["policy"]["slo_attainment"] >= b["slo_attainment"]) and b["diff_return"][1] > 0
-    out["best_heuristic"] = best
-    out["goal_met"] = bool(goal)
-    console.print(f"best heuristic by SLO attainment: {best} ({b['slo_attainment']:.3f}); policy "
-                  f"{out['rows']['policy']['slo_attainment']:.3f}; return difference {b['diff_return'][0]:+.2f} "
-                  f"[{b['diff_return'][1]:+.2f}, {b['diff_return'][2]:+.2f}] -> goal {'MET' if goal else 'NOT met'}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+def compare(policy: str, setting: str, schedulers, seeds, pool) -> dict:
+    specs = [f"ppo:path={policy}", *schedulers]
+    jobs = [(setting, s, seed) for seed in seeds for s in specs]
+    rows: dict[str, list] = {s: [] for s in specs}
+    for r in pool.map(_job, jobs, chunksize=1):
+        rows[r["scheduler"]].append(r)
+    pol = rows.pop(specs[0])
+    out = {"setting": setting, "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds), "policy": _means(pol),
+           "heuristics": {}}
+    for s, rs in rows.items():
+        d_ret = t_interval([p["return"] - h["return"] for p, h in zip(pol, rs)])
+        d_slo = t_interval([p["slo_attainment"] - h["slo_attainment"] for p, h in zip(pol, rs)])
+        out["heuristics"][s] = {**_means(rs), "policy_minus_return": d_ret.to_dict(),
+                                "policy_minus_slo": d_slo.to_dict()}
+    out["best"] = max(out["heuristics"], key=lambda s: out["heuristics"][s]["return"])
     return out
 
 
+def _means(rows) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("return", "slo_attainment", "gpu_busy_s",
+                                                              "ttft_p99_s", "tbt_p99_s", "num_preemptions")}
+
+
+def markdown(res: dict) -> str:
+    best = res["best"]
+    b = res["heuristics"][best]
+    p = res["policy"]
+    d = b["policy_minus_return"]
+    rel = 100 * d["mean"] / abs(b["return"]) if b["return"] else float("nan")
+    lines = [f"**{res['setting']}** ({res['episodes']} episodes, seeds {res['seeds'][0]}-{res['seeds'][1]}): policy "
+             f"{p['return']:.2f} vs best heuristic {best} {b['return']:.2f}: {d['mean']:+.2f} [{d['low']:+.2f}, "
+             f"{d['high']:+.2f}] ({rel:+.1f}%)", "",
+             "| scheduler | return | SLO attain. | GPU-s | TTFT P99 s | TBT P99 s | preempt. | policy - it: return [95% CI] | SLO [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| **policy** | {p['return']:.2f} | {p['slo_attainment']:.3f} | {p['gpu_busy_s']:.1f} | {p['ttft_p99_s']:.2f} | "
+             f"{p['tbt_p99_s']:.3f} | {p['num_preemptions']:.0f} | | |"]
+    for s, h in res["heuristics"].items():
+        dr, ds = h["policy_minus_return"], h["policy_minus_slo"]
+        name = f"{s} (best)" if s == best else s
+        lines.append(f"| {name} | {h['return']:.2f} | {h['slo_attainment']:.3f} | {h['gpu_busy_s']:.1f} | "
+                     f"{h['ttft_p99_s']:.2f} | {h['tbt_p99_s']:.3f} | {h['num_preemptions']:.0f} | "
+                     f"{dr['mean']:+.2f} [{dr['low']:+.2f}, {dr['high']:+.2f}] | "
+                     f"{ds['mean']:+.3f} [{ds['low']:+.3f}, {ds['high']:+.3f}] |")
+    return "\n".join(lines)
+
+
+def write_readme(text: str, path: Path) -> None:
+    doc = path.read_text()
+    if README_BEGIN not in doc or README_END not in doc:
+        raise SystemExit(f"{path} has no {README_BEGIN} ... {README_END} block to fill")
+    head, rest = doc.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(head + README_BEGIN + "\n" + text + "\n" + README_END + tail)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", default=str(ROOT / "agents" / "zoo" / "default"), help="policy directory")
+    p.add_argument("--settings", default="default", help=f"comma-separated of {', '.join(SETTINGS)}, or all")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=10_000, help="first held-out reset seed")
+    p.add_argument("--heuristics", default=",".join(HEURISTICS), help="comma-separated scheduler specs")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (spawn)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--readme", action="store_true",
+                   help="write the tables into README.md's results block and docs/results.md")
+    a = p.parse_args(argv)
+    settings = list(SETTINGS) if a.settings == "all" else [s.strip() for s in a.settings.split(",")]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+    if a.episodes < 2:
+        raise SystemExit("--episodes must be >= 2 (a confidence interval needs two)")
+    from agents.policy import LoadedPolicy
+    LoadedPolicy(a.policy)  # fail here, not in a worker
+    seeds = list(range(a.seed, a.seed + a.episodes))
+    results = []
+    with mp.get_context("spawn").Pool(a.jobs) as pool:
+        for s in settings:
+            res = compare(a.policy, s, split_specs(a.heuristics), seeds, pool)
+            results.append(res)
+            print(markdown(res) + "\n", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    if a.readme:
+        cmd = (f"python eval/policy_vs_heuristics.py --settings {a.settings} --episodes {a.episodes} "
+               f"--seed {a.seed}" + (f" --policy {a.policy}" if a.policy != p.get_default("policy") else ""))
+        text = f"Generated by `{cmd}` (shipped policy `agents/zoo/default`).\n\n" + "\n\n".join(
+            markdown(r) for r in results)
+        write_readme(text, ROOT / "README.md")
+        (ROOT / "docs" / "results.md").write_text("# Results: the shipped policy against the heuristics\n\n"
+                                                  + __doc__.split("\n\n", 2)[2] + "\n" + text + "\n")
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,5 +1,6 @@
-"""``ServingEnv``: the Gymnasium environment around the engine (Engine + ObservationEncoder +
-ActionDecoder + Reward; see DESIGN.md). Each ``step`` is exactly one ``Engine.step``."""
+"""``ServingEnv``: the Gymnasium environment around the engine (Engine + the agent interface +
+Reward; see DESIGN.md). Each ``step`` is one decision of the agent, covering the engine steps
+until the next decision point."""
 from __future__ import annotations
 
 import time
@@ -9,107 +10,90 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .action import REPAIRS, ActionDecoder
-from .advice import HeuristicAdvisor, hint_features
+from .agent import ACTION_DIM, OBS_FEATURES, OBS_HIGH, OBS_LOW, AgentInterface
 from .engine import Engine
 from .metrics import summarize
-from .observation import CLIP, GLOBAL_FEATURES, SLOT_FEATURES, ObservationEncoder, assign_slots
 from .plan import BatchPlan
 from .presets import get_preset
-from .request import RUNNING, RequestSpec
+from .request import RequestSpec
 from .reward import SLOReward
 from .scenarios import Scenario, get_scenario
-from .veto import VetoDecoder
 from .workload import WorkloadConfig, build_workload
 
-# Timeline colours (RGB) of ``render_mode="rgb_array"``, by slot state.
-_EMPTY, _WAITING, _HELD, _DECODE, _PREFILL, _PREEMPTED = range(6)
-_COLOURS = np.array([[245, 245, 245], [190, 190, 190], [250, 200, 90], [60, 130, 220],
-                     [60, 170, 90], [220, 60, 60]], dtype=np.uint8)
-_HISTORY = 160
+_HISTORY = 160  # decisions shown by render_mode="rgb_array"
+_COLOURS = np.array([[150, 80, 200], [60, 130, 220], [190, 190, 190]], dtype=np.uint8)
+
+
+def observation_space() -> spaces.Box:
+    return spaces.Box(OBS_LOW, OBS_HIGH, (len(OBS_FEATURES),), np.float32)
+
+
+def action_space() -> spaces.Box:
+    return spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
 
 class ServingEnv(gym.Env):
-    """Engine-level scheduling of an LLM inference server.
+    """Engine-level scheduling of an LLM inference server, one decision at a time.
 
     ## Description
     A replica of an LLM serving engine (paged KV cache, per-step token budget, a calibrated GPU
     cost model; ``llmsched_env.engine``) receives a stream of requests with TTFT and TBT targets.
-    Every step the agent decides the next batch: which waiting requests to admit, how many prefill
-    tokens each prefilling request gets, which running requests decode, pause or give up their KV
-    (preemption by recompute). One environment step is one engine step; its length in simulated
-    seconds is the batch latency. An episode serves one workload of N requests.
+    The agent sets a priority rule; every engine step until its next decision, one plan builder
+    (``llmsched_env.priority``) turns the rule into the batch: which waiting requests to admit,
+    how large each prefill chunk is, which running requests decode, and which give up their KV
+    (preemption by recompute) when KV runs short. An episode serves one workload of N requests.
 
     ## Action Space
-    ``MultiDiscrete([4 + C] * K + [B])`` (K request slots, C chunk sizes, B budget levels). Per
-    slot: 0 hold (waiting: do not admit; running: pause, keep KV), 1 preempt (running only), 2 run
-    everything owed (a decode's token or the whole remaining prefill), 3 fill (as much of the
-    remaining prefill as fits the budget and KV left after the fixed choices, in slot order),
-    4 + j a prefill chunk of exactly ``chunk_sizes[j]`` tokens. Last entry: the step's token budget
-    ``budget_levels[b]`` (None = the engine's). ``action_masks()`` gives the flat boolean mask
-    (sb3-contrib convention) of choices feasible on their own; joint limits (budget, KV, running
-    cap) are repaired by ``ActionDecoder`` in a documented order (``llmsched_env.action``), each
-    repair counted in ``info["repairs"]``. A wrong shape or out-of-range value raises
-    ``ValueError`` naming the slot. An all-hold action waits: the clock jumps to the next
-    arrival. Which requests are preempted is the action's; their order is the engine's (re-queued
-    at the head in admission order). ``encode_plan`` turns any scheduler's plan into the action
-    that decodes to exactly it, when the plan's requests are in the K slots and at most one of its
-    partial chunks is neither a chunk size nor the rest of a budget level (else
-    ``NotExpressible`` says why); every registered baseline is tested this way.
-
-    With a scenario ``veto`` (a heuristic's name, e.g. ``"slai"``) the action is admission control
-    over that heuristic instead (``llmsched_env.veto``): ``MultiDiscrete([2] * K + [1])``, per slot
-    0 admit (the heuristic may admit the request) or 1 veto (it may not this step; waiting slots
-    only), and a one-valued global entry; the heuristic plans every step on the engine without
-    the vetoed requests, so the all-zero action is the heuristic exactly. ``encode_plan`` raises
-    ``NotExpressible`` there.
+    ``Box(-1, 1, (18,), float32)`` (``llmsched_env.agent.ACTION_FIELDS``): 15 weights of the
+    request score (over ``priority.REQUEST_FEATURES``: phase, due, TBT and TTFT slack, late,
+    at-risk, priority, age rank, prefill left and progress, predicted output, context,
+    preempted), the token budget (64-8,192 tokens, log scale), the KV reserve (0-20% of the
+    cache) and the admission threshold. Every action is feasible by construction; entries are
+    clipped to [-1, 1]; a wrong shape or NaN raises ``ValueError`` naming the field. The
+    heuristic orders FCFS, EDF, Sarathi and SLAI are points of this space
+    (``priority.HEURISTIC_RULES``, ``AgentSpec.action_of``).
 
     ## Observation Space
-    ``Dict(slots=Box(-10, 10, (K * F,), float32), global=Box(-10, 10, (G,), float32))``; ``slots``
-    is the (K, F) matrix flattened row by row (slot i = entries i*F .. i*F+F-1; flat because SB3's
-    checker expects 1-D vectors; ``obs["slots"].reshape(K, F)`` recovers it). Slot order:
-    running requests in admission order, then the head of the waiting queue in queue order; empty
-    slots are zero. F = 19 per-request features (phase, prompt, computed and generated tokens,
-    age, time since last token, TTFT and next-token slack, targets, KV blocks, preemptions,
-    predicted remaining length, whether its SLO can still be met, priority) and G = 12 global
-    features (KV free fraction, queue lengths, budget, last latency, time, progress); each is
-    listed with its unit and scale in ``llmsched_env.observation``.
-
-    With a scenario ``hint`` (a heuristic's name, e.g. ``"slai"``), two more keys show that
-    heuristic's proposal for this step (``llmsched_env.advice``), one-hot: ``hint_slots``
-    ``Box(0, 1, (K * A,))`` (slot i's proposed choice = entries i*A .. i*A+A-1) and
-    ``hint_budget`` ``Box(0, 1, (B,))``; all zeros when the proposal cannot be expressed.
+    ``Box(-1, 4, (22,), float32)``: scale-free summaries of the engine (KV use, counts as
+    fractions and logs, slack relative to targets, mean batch time relative to TBT targets),
+    listed in ``llmsched_env.agent.OBS_FEATURES``. No feature grows with uptime or episode
+    progress; every running and waiting request is summarised (no slot cap).
 
     ## Rewards
-    ``r_t = S_t - lambda * gpus * dt_t``: dt_t is the step's GPU busy time in seconds; S_t is +1
-    for each request whose first token arrives within its TTFT target this step, -1 when such a
-    request's SLO miss becomes certain (enough TBT gaps over target to fix its P99, or at finish,
-    or unfinished at truncation). The undiscounted return equals exactly (requests meeting their
-    SLO) - lambda * GPU busy seconds * GPUs; details in ``llmsched_env.reward``. ``info`` carries
-    both parts (``reward_slo``, ``reward_gpu``).
+    A step's reward is the sum over its engine steps of ``S - lambda * gpus * dt`` (dt: a step's
+    GPU busy time, seconds; S: +1 when a request's first token arrives within its TTFT target,
+    -1 when such a request's SLO miss becomes certain; ``llmsched_env.reward``). The undiscounted
+    return equals exactly (requests meeting their SLO) - lambda * GPU busy seconds * GPUs.
+    ``info`` carries both parts (``reward_slo``, ``reward_gpu``) and ``engine_steps``.
+
+    ## Decision points
+    The agent is asked at the first step, whenever the number of running, waiting or
+    prefilling requests changed (arrival, finish, admission, prefill done, preemption), and
+    after at most ``agent.max_interval`` (16) engine steps (``AgentInterface.sync``). A
+    semi-MDP: discount per decision, or by ``info["elapsed_s"]`` for a time discount.
 
     ## Starting State
-    ``reset(seed)`` draws the workload: the scenario's workload config with a fresh seed (new
-    lengths, tiers and arrivals; for a trace, a new window) and an arrival rate (or trace rate
-    scale) uniform in ``rate_range``. ``options={"workload": WorkloadConfig | list[RequestSpec]}``
-    pins the workload; ``{"rate": x}`` or ``{"workload_seed": s}`` pin one draw. The engine
-    starts empty at time 0 with the first arrivals queued.
+    ``reset(seed)`` draws the workload: the scenario's workload config with a fresh seed and an
+    arrival rate (or trace rate scale) uniform in ``rate_range``. ``options={"workload":
+    WorkloadConfig | list[RequestSpec]}`` pins the workload; ``{"rate": x}`` or
+    ``{"workload_seed": s}`` pin one draw. The engine starts empty at time 0.
 
     ## Episode End
-    Terminated when every request has finished; truncated after ``max_steps`` steps (unfinished
-    requests count as SLO misses). Truncation is the environment's own, not a ``TimeLimit``
-    wrapper, so that the final reward settles the unfinished requests and the return stays equal
-    to the objective. The final ``info`` holds ``metrics`` (the engine's metrics
-    summary, the keys of ``llmsched simulate --json``) and ``objective``.
+    Terminated when every request has finished; truncated after ``max_steps`` engine steps
+    (unfinished requests count as SLO misses, settled in the final reward). The final ``info``
+    holds ``metrics`` (the keys of ``llmsched simulate --json``), ``objective``,
+    ``total_engine_steps`` and ``decisions``.
 
     ## Arguments
     ``ServingEnv(scenario="default", render_mode=None, **overrides)``: ``scenario`` is a name in
-    ``llmsched_env.scenarios`` or a ``Scenario``; overrides replace its fields: ``num_slots`` (K,
-    default 32), ``waiting_slots`` (8), ``chunk_sizes`` ((32, 128, 512, 2048) tokens),
-    ``budget_levels`` ((256, 512, 1024, 2048, None) tokens), ``lam`` (0.5 per GPU-second),
-    ``max_steps`` (10,000), ``preset``, ``num_kv_blocks`` (1,024), ``max_num_batched_tokens``,
-    ``max_num_seqs``, ``workload`` (a ``WorkloadConfig``), ``rate_range``. ``render_mode``:
-    "ansi" (queue, batch and KV bar as text) or "rgb_array" (a timeline of the slots).
+    ``llmsched_env.scenarios`` or a ``Scenario``; overrides replace its fields (``lam``,
+    ``max_steps``, ``preset``, ``num_kv_blocks``, ``max_num_batched_tokens``, ``max_num_seqs``,
+    ``workload``, ``rate_range``, ``agent``). ``render_mode``: "ansi" (queue, batch, KV and the
+    rule as text) or "rgb_array" (the last 160 decisions: KV use, running and waiting requests).
+
+    ## Version History
+    * v1: one step per decision; a priority rule as the action (replaces v0's per-slot
+      hold/preempt/run/fill/chunk action, its slots and hint/veto modes).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 10}
@@ -126,37 +110,18 @@ class ServingEnv(gym.Env):
         self.scenario = sc
         self.render_mode = render_mode
         preset = get_preset(sc.preset, num_kv_blocks=sc.num_kv_blocks)
-        K = sc.num_slots
-        max_running = K - sc.waiting_slots
-        if sc.max_num_seqs is not None and sc.max_num_seqs > max_running:
-            raise ValueError(f"max_num_seqs={sc.max_num_seqs} > num_slots - waiting_slots = {max_running}: "
-                             "every running request must have a slot; raise num_slots or lower it")
-        self.engine_config = preset.engine_config(max_num_batched_tokens=sc.max_num_batched_tokens,
-                                                  max_num_seqs=sc.max_num_seqs or max_running)
+        kw = {} if sc.max_num_seqs is None else {"max_num_seqs": sc.max_num_seqs}
+        self.engine_config = preset.engine_config(max_num_batched_tokens=sc.max_num_batched_tokens, **kw)
         self.cost_model = preset.cost_model
-        cfg = self.engine_config
-        if sc.veto is not None:
-            self.decoder = VetoDecoder(sc.veto, K, cfg.max_num_seqs)
-        else:
-            self.decoder = ActionDecoder(K, sc.chunk_sizes, sc.budget_levels, cfg.max_num_batched_tokens,
-                                         cfg.block_size, cfg.max_num_seqs, cfg.num_kv_blocks)
-        self.observer = ObservationEncoder(K, cfg.num_kv_blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.reward_fn = SLOReward(sc.lam, cfg.num_gpus)
-        self.action_space = spaces.MultiDiscrete(self.decoder.nvec)
-        obs_spaces = {"slots": spaces.Box(-CLIP, CLIP, (K * len(SLOT_FEATURES),), np.float32),
-                      "global": spaces.Box(-CLIP, CLIP, (len(GLOBAL_FEATURES),), np.float32)}
-        self.advisor = HeuristicAdvisor(sc.hint, self.decoder) if sc.hint else None
-        if self.advisor is not None:
-            A, B = int(self.decoder.nvec[0]), int(self.decoder.nvec[-1])
-            obs_spaces["hint_slots"] = spaces.Box(0.0, 1.0, (K * A,), np.float32)
-            obs_spaces["hint_budget"] = spaces.Box(0.0, 1.0, (B,), np.float32)
-        self.observation_space = spaces.Dict(obs_spaces)
-        self._hint: Optional[np.ndarray] = None
+        self.agent = AgentInterface(sc.agent)
+        self.reward_fn = SLOReward(sc.lam, self.engine_config.num_gpus)
+        self.action_space = action_space()
+        self.observation_space = observation_space()
         self.engine: Optional[Engine] = None
         self.specs: list[RequestSpec] = []
-        self._slots: list = []
-        self._mask: Optional[np.ndarray] = None
+        self._last_plan = BatchPlan()
         self._done = False
+        self._history = np.zeros((3, _HISTORY))
 
     # --------------------------------------------------------------- episode
     def _draw_workload(self, options: dict) -> tuple[list[RequestSpec], dict]:
@@ -189,78 +154,56 @@ class ServingEnv(gym.Env):
         self.specs, wl_info = self._draw_workload(options or {})
         self.engine = Engine(self.specs, self.engine_config, self.cost_model)
         self.reward_fn.reset()
-        self.observer.reset()
-        if self.advisor is not None:
-            self.advisor.reset()
-        self.decoder.reset()
+        self.agent.reset()
+        self.agent.sync(self.engine)  # the first step is always a decision point
         self._steps = 0
         self._done = False
-        self._repair_totals = dict.fromkeys(REPAIRS, 0)
-        self._t0 = time.perf_counter()
-        self._has_pred = any(s.predicted_output_len is not None for s in self.specs)
         self._last_plan = BatchPlan()
-        self._history = np.zeros((self.scenario.num_slots, _HISTORY), dtype=np.uint8)
-        self._kv_history = np.zeros(_HISTORY)
-        self._refresh()
-        return self._obs(), {"workload": wl_info, "num_requests": len(self.specs)}
-
-    def _refresh(self) -> None:
-        self._slots = assign_slots(self.engine, self.scenario.num_slots)
-        self._mask = None
-
-    def _obs(self) -> dict:
-        obs = self.observer.encode(self.engine, self._slots, self.reward_fn.alive, self._steps,
-                                   self.scenario.max_steps, len(self.specs), self._has_pred)
-        if self.advisor is not None:
-            self._hint = self.advisor.propose(self.engine, self._slots)
-            nvec = self.decoder.nvec
-            obs["hint_slots"], obs["hint_budget"] = hint_features(self._hint, self.scenario.num_slots,
-                                                                  int(nvec[0]), int(nvec[-1]))
-        return obs
-
-    @property
-    def hint_action(self) -> Optional[np.ndarray]:
-        """The hint heuristic's proposal for the current step as an action (None without a hint
-        or when its plan cannot be expressed; see ``llmsched_env.advice``)."""
-        return self._hint
-
-    def action_masks(self) -> np.ndarray:
-        """Flat boolean mask of the per-slot choices then the budget levels (sb3-contrib)."""
-        if self.engine is None:
-            raise RuntimeError("call reset() before action_masks()")
-        if self._mask is None:
-            self._mask = self.decoder.action_mask(self.engine, self._slots)
-        return self._mask
+        self._history[:] = 0
+        self._t0 = time.perf_counter()
+        return self.agent.observe(self.engine), {"workload": wl_info, "num_requests": len(self.specs)}
 
     def step(self, action):
         if self.engine is None:
             raise RuntimeError("call reset() before step()")
         if self._done:
             raise RuntimeError("the episode has ended; call reset()")
-        eng = self.engine
-        slots = self._slots
-        plan, repairs = self.decoder.decode(eng, slots, action)
+        eng, agent, reward_fn = self.engine, self.agent, self.reward_fn
+        agent.decide(action)
+        max_steps = self.scenario.max_steps
+        slo = gpu = 0.0
+        start_s = eng.now_s
+        n = 0
+        terminated = truncated = False
+        while True:
+            plan = agent.plan(eng)
+            result = eng.step(plan)
+            s, g = reward_fn.step(eng, result)
+            slo += s
+            gpu += g
+            n += 1
+            self._steps += 1
+            self._last_plan = plan
+            if eng.done:
+                terminated = True
+                break
+            if self._steps >= max_steps:
+                truncated = True
+                slo += reward_fn.truncate(eng)
+                break
+            if agent.sync(eng):
+                break
         if self.render_mode == "rgb_array":
-            self._record(slots, plan)
-        result = eng.step(plan)
-        slo, gpu = self.reward_fn.step(eng, result)
-        self._steps += 1
-        terminated = eng.done
-        truncated = not terminated and self._steps >= self.scenario.max_steps
-        if truncated:
-            slo += self.reward_fn.truncate(eng)
-        for k, v in repairs.items():
-            self._repair_totals[k] += v
-        self._last_plan = plan
-        self._refresh()
-        info: dict[str, Any] = {"reward_slo": slo, "reward_gpu": gpu, "repairs": repairs,
-                                "batch_size": len(plan.tokens), "num_tokens": result.num_tokens,
-                                "num_preempted": len(plan.preempt), "latency_s": result.latency_s,
-                                "now_s": eng.now_s}
+            cfg = self.engine_config
+            self._history = np.roll(self._history, -1, axis=1)
+            self._history[:, -1] = (eng.used_blocks / cfg.num_kv_blocks, len(eng.running) / cfg.max_num_seqs,
+                                    min(1.0, np.log2(1 + eng.num_waiting) / 8))
+        info: dict[str, Any] = {"reward_slo": slo, "reward_gpu": gpu, "engine_steps": n,
+                                "elapsed_s": eng.now_s - start_s, "now_s": eng.now_s}
         if terminated or truncated:
             self._done = True
             info.update(self.episode_info())
-        return self._obs(), slo + gpu, terminated, truncated, info
+        return agent.observe(eng), slo + gpu, terminated, truncated, info
 
     def episode_info(self) -> dict:
         """Episode totals: the engine's metrics summary, the objective and the reward parts."""
@@ -269,96 +212,50 @@ class ServingEnv(gym.Env):
         m["preset"] = self.scenario.preset
         rf = self.reward_fn
         return {"metrics": m, "objective": m["num_slo_met"] - rf.lam * m["gpu_busy_s"],
-                "return_slo": rf.slo_total, "return_gpu": rf.gpu_total,
-                "repair_totals": dict(self._repair_totals), "reward_reconciled": rf.reconciled}
-
-    # ------------------------------------------------------- plan <-> action
-    @property
-    def slots(self) -> list:
-        """Requests in slot order for the current step."""
-        return list(self._slots)
+                "return_slo": rf.slo_total, "return_gpu": rf.gpu_total, "reward_reconciled": rf.reconciled,
+                "total_engine_steps": self._steps, "decisions": self.agent.num_decisions}
 
     @property
     def last_plan(self) -> BatchPlan:
         return self._last_plan
 
-    def decode_action(self, action) -> tuple[BatchPlan, dict]:
-        """The plan (and repairs) an action would produce now, without stepping."""
-        return self.decoder.decode(self.engine, self._slots, action, peek=True)
-
-    def encode_plan(self, plan: BatchPlan) -> np.ndarray:
-        """An action that decodes to exactly ``plan`` now (raises ``NotExpressible``)."""
-        return self.decoder.encode(self.engine, self._slots, plan)
-
     # ----------------------------------------------------------------- render
-    def _record(self, slots: list, plan: BatchPlan) -> None:
-        col = np.zeros(self.scenario.num_slots, dtype=np.uint8)
-        for i, r in enumerate(slots):
-            if r.rid in plan.preempt:
-                col[i] = _PREEMPTED
-            elif r.rid in plan.tokens:
-                col[i] = _DECODE if r.num_computed >= r.prefill_target else _PREFILL
-            else:
-                col[i] = _HELD if r.status == RUNNING else _WAITING
-        self._history = np.roll(self._history, -1, axis=1)
-        self._history[:, -1] = col
-        self._kv_history = np.roll(self._kv_history, -1)
-        self._kv_history[-1] = 1.0 - self.engine.free_blocks / self.engine_config.num_kv_blocks
-
     def render(self):
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; use 'ansi' or 'rgb_array'")
             return None
         if self.engine is None:
             raise RuntimeError("call reset() before render()")
-        if self.render_mode == "ansi":
-            return self._render_text()
-        return self._render_frame()
-
-    def _render_text(self) -> str:
+        if self.render_mode == "rgb_array":
+            return self._render_frame()
         eng = self.engine
         cfg = self.engine_config
         used = cfg.num_kv_blocks - eng.free_blocks
         width = 40
         fill = round(width * used / cfg.num_kv_blocks)
         plan = self._last_plan
-        lines = [f"t={eng.now_s:9.3f} s  step {self._steps}/{self.scenario.max_steps}  finished "
-                 f"{len(eng.finished)}/{len(self.specs)}  running {len(eng.running)}/{cfg.max_num_seqs}  "
-                 f"waiting {eng.num_waiting}",
+        rule = self.agent.rule
+        lines = [f"t={eng.now_s:9.3f} s  engine step {self._steps}/{self.scenario.max_steps}  decision "
+                 f"{self.agent.num_decisions}  finished {len(eng.finished)}/{len(self.specs)}  running "
+                 f"{len(eng.running)}/{cfg.max_num_seqs}  waiting {eng.num_waiting}",
                  f"KV [{'#' * fill}{'.' * (width - fill)}] {used}/{cfg.num_kv_blocks} blocks",
                  f"last batch: {len(plan.tokens)} requests, {plan.num_tokens} tokens, "
-                 f"{len(plan.preempt)} preempted, {eng.last_step_latency_s * 1e3:.1f} ms",
-                 "slot   rid  state     phase               output     last step"]
-        for i, r in enumerate(self._slots):
-            state = "running" if r.status == RUNNING else ("requeued" if r.num_preemptions else "waiting")
-            if r.num_computed < r.prefill_target:
-                phase = f"prefill {r.num_computed}/{r.prefill_target}"
-            else:
-                phase = f"decode kv {r.num_computed}"
-            ran = plan.tokens.get(r.rid)
-            last = "" if ran is None else f"ran {ran}"
-            if r.rid in plan.preempt:
-                last = "preempted"
-            lines.append(f"{i:4d} {r.rid:5d}  {state:9s} {phase:19s} {r.num_generated:4d}/{r.output_len:<5d} {last}")
-        hidden = eng.num_waiting - (len(self._slots) - len(eng.running))
-        if hidden > 0:
-            lines.append(f"  ... {hidden} more waiting beyond the {self.scenario.num_slots} slots")
+                 f"{len(plan.preempt)} preempted, {eng.last_step_latency_s * 1e3:.1f} ms"]
+        if rule is not None:
+            top = sorted(rule.named_weights().items(), key=lambda kv: -abs(kv[1]))[:5]
+            lines.append(f"rule: budget {rule.token_budget} tokens, reserve {rule.kv_reserve:.3f}, threshold "
+                         f"{rule.admit_threshold:.2f}; " + ", ".join(f"{k} {v:+.2f}" for k, v in top))
         return "\n".join(lines) + "\n"
 
     def _render_frame(self) -> np.ndarray:
-        """RGB timeline: the last 160 steps left to right; top band: KV use; one row per slot
-        (grey waiting, amber held, blue decode, green prefill, red preempted)."""
-        px_w, px_h, band = 3, 6, 30
-        K = self.scenario.num_slots
-        img = np.full((band + 2 + K * px_h, _HISTORY * px_w, 3), 255, dtype=np.uint8)
-        heights = np.round(self._kv_history * band).astype(int)
+        """Three bands over the last 160 decisions, left to right: KV use (purple), running
+        requests / max_num_seqs (blue), log waiting queue (grey); band height = the fraction."""
+        band, px_w = 30, 3
+        img = np.full((3 * (band + 2), _HISTORY * px_w, 3), 255, dtype=np.uint8)
         rows = np.arange(band)[:, None]
-        kv = rows >= (band - heights)[None, :]
-        img[:band][np.repeat(kv, px_w, axis=1)] = (150, 80, 200)
-        img[band:band + 2] = 0
-        slots = np.repeat(np.repeat(self._history, px_h, axis=0), px_w, axis=1)
-        img[band + 2:] = _COLOURS[slots]
+        for k in range(3):
+            filled = rows >= (band - np.round(self._history[k] * band).astype(int))[None, :]
+            top = k * (band + 2)
+            img[top:top + band][np.repeat(filled, px_w, axis=1)] = _COLOURS[k]
+            img[top + band:top + band + 2] = 0
         return img
-
-    def choice_names(self) -> list[str]:
-        return self.decoder.describe()

@@ -103,8 +103,8 @@ def heuristic_schedulers() -> list[str]:
 
 def _load_builtin() -> None:
     importlib.import_module("baselines")
-    importlib.import_module("agents.loader")  # the learned policy, scheduler "ppo" (torch loads lazily)
-    importlib.import_module("agents.onnx_runtime")  # its ONNX export, scheduler "onnx"
+    importlib.import_module("agents.policy")  # the learned policy "ppo" and fixed rules "rule" (numpy only)
+    importlib.import_module("agents.onnx_runtime")  # its ONNX export, "onnx" (onnxruntime loads when used)
 
 
 def available_schedulers() -> list[str]:

@@ -1,634 +1,535 @@
-"""Train a MaskablePPO scheduling policy on an llmsched scenario.
+"""Train the learned scheduler: a rule search, then PPO, on an llmsched scenario.
 
-    python train/ppo.py                                   # short default run (a few minutes)
-    python train/ppo.py --config train/configs/default.yaml --total-steps 200000
-    python train/ppo.py --config train/configs/default.yaml --resume   # continue that run exactly
+    python train/ppo.py                                  # the shipped recipe (agents/zoo/default)
+    python train/ppo.py --config train/configs/demo.yaml # `make run`: a cut of it, minutes
+    python train/ppo.py --total-steps 20000 --init-rule none
     tensorboard --logdir runs
 
-Every knob is a field of ``Args`` below, with its default. A YAML config (``--config``, RL-Zoo
-style: one mapping of field names, see train/configs/) replaces defaults; command-line flags
-(``--field-name value``; booleans ``--flag`` / ``--no-flag``) replace the config.
+Every knob is a field of ``Args`` (its default is the shipped recipe); the CLI is that dataclass
+(tyro: ``--field-name value``). ``--config FILE`` reads a YAML mapping of fields that differ from
+the defaults (train/configs/); flags override the file.
 
-Steps, top to bottom:
-  1. check the arguments (unknown scenario, negative steps, ... fail at once);
-  2. build ``n_envs`` environments in subprocesses (``SubprocVecEnv``) and the policy:
-     ``set`` = agents.policy_net.SlotSetPolicy (per-slot encoder + attention, per-slot logits) or
-     ``mlp`` = a plain MLP on the flattened observation;
-  3. optional warm start: behaviour cloning of ``bc_heuristic`` (its plans as canonical actions,
-     ``llmsched_env.advice.HeuristicAdvisor``), value head fitted to the demonstrations'
-     discounted returns (``--no-bc-policy-loss``: the value head only). With ``--hint`` the
-     observation also shows a heuristic's proposal, and ``--hint-prior`` makes the policy a
-     residual on it (the shipped recipe, train/configs/default.yaml);
-  4. PPO, with TensorBoard scalars (names in the README, "Training"), a rich progress bar,
-     periodic deterministic evaluation against the reference heuristic on validation seeds,
-     and checkpoints from which ``--resume`` continues bit for bit;
-  5. save the policy (``<run>/policy/``, and ``<run>/policy_best/``: the best on the validation
-     seeds so far; each policy.pt + policy.yaml, loadable with
-     ``agents.loader.load_policy`` or as scheduler ``ppo`` with ``path=<run>/policy``) and print
-     policy vs reference on held-out seeds.
+Stages, top to bottom:
+  1. **Start point** (``init_rule``): the actor starts as a heuristic rule of
+     ``llmsched_env.priority.HEURISTIC_RULES`` (zero output weights, output bias = the rule's
+     action: an exact imitation of it) or, with ``none``, a fresh network.
+  2. **Search** (``search_generations`` > 0): CMA-ES (the ``cma`` package) over the 18-dim
+     constant action, from the start point, each candidate scored by its mean return on
+     ``search_episodes`` training episodes (the same seeds for every candidate of a generation);
+     the best mean becomes the actor's output bias. Runs in a spawn pool of ``workers``.
+  3. **Critic warm start** (``value_episodes``): the critic is fitted to the discounted returns
+     of the start rule's own episodes, so PPO's first advantages are not noise.
+  4. **PPO** (Stable-Baselines3, gSDE exploration) over ``total_steps`` agent decisions in
+     ``n_envs`` subprocess environments, evaluated every ``eval_interval`` decisions on the
+     validation seeds (5000 + k, deterministic actions): TensorBoard ``eval/return``,
+     ``eval/slo_attainment``, ``time/decisions_per_s``; the best so far is kept as ``policy_best/``.
+  5. **Final table**: the final policy (``policy/``) against ``final_schedulers`` on held-out
+     seeds (10000 + k), printed and written to ``results.json``.
 
-Observations are not normalised: the environment already scales each feature to O(1) and clips
-to [-10, 10] (llmsched_env/observation.py), so the saved policy takes raw env observations.
+``--time-limit`` bounds the whole command: each stage stops at its share of the limit and the
+final table is cut to what fits. ``--resume`` continues a run from its last checkpoint.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import os
-import pickle
+import csv
+import json
+import math
+import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import torch as th  # noqa: E402
 import yaml  # noqa: E402
 
 
 @dataclass
 class Args:
-    # --- run
+    """The shipped recipe (agents/zoo/default). Tuned values are marked (tuned)."""
+
     config: Optional[str] = None
-    """YAML file of field values (train/configs/<scenario>.yaml); flags override it"""
+    """YAML file of fields that differ from these defaults (train/configs/)"""
     scenario: str = "default"
     """scenario name (llmsched_env.scenarios)"""
-    total_steps: int = 12_288
-    """environment steps of PPO (all envs together), not counting imitation"""
-    n_envs: int = 2
-    """parallel environments, each in its own process (SubprocVecEnv)"""
     seed: int = 0
-    """seed of torch, the PPO sampler and the training workloads"""
-    output_dir: str = "runs"
-    """runs are written to <output_dir>/<run_name>/ (TensorBoard events, checkpoints, policy)"""
-    run_name: Optional[str] = None
-    """default: <scenario>_<policy>_s<seed>"""
+    """training seed (networks, exploration, training workloads)"""
+    out: str = "runs/ppo"
+    """run directory: policy/, policy_best/, checkpoint/, tb/, curve.csv, results.json"""
+    time_limit: Optional[float] = None
+    """seconds for the whole command (None: no limit)"""
     resume: bool = False
-    """continue <output_dir>/<run_name> from its latest checkpoint (same steps, same logs)"""
-    checkpoint_interval: int = 8192
-    """environment steps between checkpoints (taken at the next rollout boundary)"""
-    torch_threads: int = 1
-    """torch intra-op threads of the learner"""
-    # --- objective (None = the scenario's own)
-    lam: Optional[float] = None
-    """lambda, satisfied requests per GPU-second"""
-    slo_ttft_s: Optional[float] = None
-    """TTFT target of every SLO tier, seconds"""
-    slo_tbt_s: Optional[float] = None
-    """TBT target of every SLO tier, seconds"""
-    # --- the agent's view (None = the scenario's own; the engine and workloads stay the scenario's)
-    hint: Optional[str] = None
-    """heuristic whose proposal each step is part of the observation (residual learning), e.g. slai"""
-    veto: Optional[str] = None
-    """heuristic that plans every step while the agent only vetoes admissions of waiting requests
-    (the action is admission control over it: llmsched_env.veto), e.g. slai"""
-    num_slots: Optional[int] = None
-    """K, request slots in the observation and action"""
-    waiting_slots: Optional[int] = None
-    """slots kept for waiting requests; keep K - waiting_slots at the scenario's to keep its engine"""
-    # --- policy network
-    policy: str = "set"
-    """set (per-slot encoder + attention, per-slot logits) or mlp (flattened observation)"""
-    embed_dim: int = 64
-    """set: slot embedding size D"""
-    num_heads: int = 4
-    """set: attention heads"""
-    attention: bool = True
-    """set: one attention layer across slots (else pooling only)"""
-    head_hidden: int = 64
-    """set: hidden units of the per-slot, budget and value heads"""
-    hint_prior: float = 0.0
-    """set with --hint: beta, the hint's one-hot x beta is added to the logits (residual policy;
-    the mode is the heuristic's proposal until the learned correction outweighs beta); 0 = off"""
-    mlp_arch: str = "256,256"
-    """mlp: hidden layer sizes"""
+    """continue the run in ``out`` from its last checkpoint"""
+    workers: int = 2
+    """processes for the search and the final table"""
+    # --- start point and search
+    init_rule: str = "slai"
+    """start rule (fcfs, edf, sarathi, slai) or none (a fresh actor, no search)"""
+    search_generations: int = 40
+    """CMA-ES generations over the constant action (0: no search) (tuned)"""
+    search_popsize: int = 10
+    """candidates per generation"""
+    search_episodes: int = 6
+    """training episodes per candidate"""
+    search_sigma: float = 0.15
+    """CMA-ES initial step size, action units (tuned)"""
+    value_episodes: int = 4
+    """episodes of the start rule the critic is fitted on (0: none)"""
+    value_epochs: int = 30
+    """passes over them"""
     # --- PPO
+    total_steps: int = 100_000
+    """PPO agent decisions (env steps), all envs together"""
+    n_envs: int = 8
+    """subprocess environments (8 on 2 cores: more decisions per policy forward, >= 1,000/s)"""
     learning_rate: float = 3e-4
-    lr_schedule: str = "linear"
-    """linear (to 0 at total_steps) or constant"""
-    n_steps: int = 1024
-    """rollout length per env"""
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    n_steps: int = 256
+    """decisions per env per rollout (x n_envs = 2,048 per update)"""
     batch_size: int = 256
-    n_epochs: int = 4
+    n_epochs: int = 5
     gamma: float = 0.99
+    """discount per decision"""
     gae_lambda: float = 0.95
-    clip_range: float = 0.2
+    clip_range: float = 0.1
+    """(tuned)"""
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    target_kl: Optional[float] = None
-    # --- imitation warm start
-    bc_heuristic: Optional[str] = "slai"
-    """heuristic to imitate first; none = no warm start (PPO from a random policy)"""
-    bc_episodes: int = 3
-    """demonstration episodes (reset seeds 1_000_000 + i, disjoint from eval seeds)"""
-    bc_epochs: int = 8
-    bc_dagger_rounds: int = 1
-    """DAgger rounds after cloning (policy drives, heuristic labels; for state-only heuristics)"""
-    bc_dagger_episodes: int = 2
-    """episodes per DAgger round"""
-    bc_dagger_epochs: int = 4
-    """epochs over all data after each DAgger round"""
-    bc_lr: float = 1e-3
-    bc_batch_size: int = 256
-    bc_policy_loss: bool = True
-    """fit the policy to the heuristic's actions; false = fit only the value head (with a
-    --hint-prior residual policy, which already acts as the heuristic)"""
+    target_kl: Optional[float] = 0.02
+    """(tuned) stop an update's epochs early past this KL"""
+    use_sde: bool = True
+    """state-dependent exploration (gSDE) (tuned: plain Gaussian noise drifts off the rule)"""
+    sde_sample_freq: int = 64
+    log_std_init: float = -3.5
+    """(tuned) small exploration around the start rule"""
+    hidden: tuple[int, ...] = (64, 64)
+    """actor and critic hidden layers (tanh)"""
+    reward_scale: float = 0.1
+    """rewards are multiplied by this for PPO (returns stay reported unscaled)"""
     # --- evaluation
-    reference: str = "slai"
-    """heuristic shown next to the policy (TensorBoard ref/*, final table)"""
-    eval_interval: int = 8192
-    """environment steps between evaluations (0 = only at the end)"""
-    eval_episodes: int = 3
-    """validation episodes per evaluation (reset seeds eval_seed ..)"""
-    eval_seed: int = 5000
-    final_eval_episodes: int = 4
-    """held-out episodes of the closing table (reset seeds 10_000 ..); 0 = skip"""
-    final_eval_seed: int = 10_000
-    progress: bool = True
+    eval_interval: int = 10_240
+    """decisions between validation evaluations"""
+    eval_episodes: int = 8
+    """validation episodes (seeds 5000 + k)"""
+    checkpoint_interval: int = 50_000
+    final_episodes: int = 8
+    """held-out episodes of the final table (seeds 10000 + k)"""
+    final_schedulers: tuple[str, ...] = ("fcfs", "sarathi", "vllm-v1:policy=priority", "slai")
 
 
-EVAL_NOTE = "held-out seeds are never used in training (training workloads come from the env's RNG)"
-
-
-# ------------------------------------------------------------------------------------ arguments
-def parse_args(argv=None) -> Args:
-    """Args from defaults <- YAML config <- command-line flags; checked."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            ap.add_argument(flag, type=str, default=None, metavar=f.name.upper())
-    ns = vars(ap.parse_args(argv))
-    values: dict = {}
-    if ns["config"]:
-        values.update(load_config(ns["config"]))
-    values.update({k: v for k, v in ns.items() if v is not None})
-    if values.get("resume"):
-        # a resumed run keeps the arguments it was started with, except those given again now
-        probe = make_args(values)
-        saved = run_dir_of(probe) / "args.yaml"
-        if saved.is_file():
-            with open(saved) as f:
-                values = {**yaml.safe_load(f), **values}
-    return make_args(values)
-
-
-def run_dir_of(a: Args) -> Path:
-    return Path(a.output_dir) / (a.run_name or f"{a.scenario}_{a.policy}_s{a.seed}")
+VALIDATION_SEED = 5000
+HELD_OUT_SEED = 10_000
 
 
 def load_config(path: str) -> dict:
-    if not os.path.isfile(path):
+    p = Path(path)
+    if not p.is_file():
         raise SystemExit(f"--config {path}: no such file (configs are in train/configs/)")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise SystemExit(f"--config {path}: expected a mapping of Args fields, got {type(data).__name__}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
-
-
-def _convert(name: str, typ, value):
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "Optional" in str(typ)):
-        return None
-    base = str(typ).replace("Optional[", "").rstrip("]")
     try:
-        if base == "int":
-            v = float(value)
-            if v != int(v):
-                raise ValueError
-            return int(v)
-        if base == "float":
-            return float(value)
-        if base == "bool":
-            if isinstance(value, bool):
-                return value
-            return {"true": True, "false": False, "1": True, "0": False}[str(value).lower()]
-        return str(value)
-    except (ValueError, KeyError):
-        raise SystemExit(f"argument {name}: {value!r} is not a valid {base}") from None
-
-
-def make_args(values: dict) -> Args:
-    """Build and check Args from a mapping (config values, flags); exits with a clear message."""
-    names = {f.name: f for f in dataclasses.fields(Args)}
-    unknown = sorted(set(values) - set(names))
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SystemExit(f"--config {path}: not valid YAML: {e}")
+    if not isinstance(doc, dict):
+        raise SystemExit(f"--config {path}: must be a mapping of Args fields")
+    known = {f.name for f in fields(Args)}
+    unknown = sorted(set(doc) - known)
     if unknown:
-        raise SystemExit(f"unknown argument(s) {unknown}; known: {sorted(names)}")
-    a = Args(**{k: _convert(k, names[k].type, v) for k, v in values.items()})
+        raise SystemExit(f"--config {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
+    for k in ("hidden", "final_schedulers"):
+        if k in doc and isinstance(doc[k], list):
+            doc[k] = tuple(doc[k])
+    return doc
+
+
+def parse_args(argv=None) -> Args:
+    import tyro
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = Args()
+    for i, tok in enumerate(argv):
+        if tok == "--config" and i + 1 < len(argv) or tok.startswith("--config="):
+            path = argv[i + 1] if tok == "--config" else tok.split("=", 1)[1]
+            default = replace(default, config=path, **load_config(path))
+            break
+    a = tyro.cli(Args, args=argv, default=default)
     check_args(a)
     return a
 
 
 def check_args(a: Args) -> None:
-    from llmsched_env.scenarios import get_scenario, list_scenarios
-    from llmsched_env.scheduler import available_schedulers
+    from llmsched_env.priority import HEURISTIC_RULES
+    from llmsched_env.scenarios import list_scenarios
     errs = []
     if a.scenario not in list_scenarios():
-        errs.append(f"unknown scenario {a.scenario!r}; known: {', '.join(list_scenarios())}")
-    for name in ("total_steps", "checkpoint_interval", "eval_interval", "bc_episodes", "bc_epochs",
-                 "bc_dagger_rounds", "bc_dagger_episodes", "bc_dagger_epochs",
-                 "final_eval_episodes"):
+        errs.append(f"scenario {a.scenario!r} is unknown; known: {', '.join(list_scenarios())}")
+    if a.init_rule != "none" and a.init_rule not in HEURISTIC_RULES:
+        errs.append(f"init_rule {a.init_rule!r}: use none or one of {', '.join(HEURISTIC_RULES)}")
+    if a.init_rule == "none" and a.search_generations:
+        errs.append("init_rule none starts from a fresh network; the search needs a start rule "
+                    "(set --search-generations 0)")
+    for name in ("total_steps", "search_generations", "value_episodes", "value_epochs", "final_episodes"):
         if getattr(a, name) < 0:
             errs.append(f"{name}={getattr(a, name)} must be >= 0")
-    for name in ("n_envs", "n_steps", "batch_size", "n_epochs", "embed_dim", "num_heads", "head_hidden",
-                 "eval_episodes", "torch_threads", "bc_batch_size"):
+    for name in ("n_envs", "n_steps", "batch_size", "n_epochs", "eval_interval", "eval_episodes",
+                 "checkpoint_interval", "search_popsize", "search_episodes", "workers"):
         if getattr(a, name) < 1:
             errs.append(f"{name}={getattr(a, name)} must be >= 1")
-    if a.policy not in ("set", "mlp"):
-        errs.append(f"policy={a.policy!r}: choose set or mlp")
-    if a.policy == "set" and a.embed_dim % a.num_heads:
-        errs.append(f"embed_dim={a.embed_dim} must be a multiple of num_heads={a.num_heads}")
-    if a.lr_schedule not in ("linear", "constant"):
-        errs.append(f"lr_schedule={a.lr_schedule!r}: choose linear or constant")
-    if not (0 < a.gamma <= 1 and 0 <= a.gae_lambda <= 1):
-        errs.append(f"gamma={a.gamma} must be in (0, 1] and gae_lambda={a.gae_lambda} in [0, 1]")
-    if a.hint_prior < 0 or (a.hint_prior and (a.hint is None or a.policy != "set")):
-        errs.append(f"hint_prior={a.hint_prior} needs --hint HEURISTIC and --policy set, and must be >= 0")
-    if a.veto is not None and a.bc_heuristic is not None and a.bc_heuristic != a.veto:
-        errs.append(f"bc_heuristic={a.bc_heuristic!r} with veto={a.veto!r}: a veto policy can only imitate its own "
-                    f"heuristic (never vetoing); use --bc-heuristic {a.veto} or none")
-    if a.learning_rate <= 0 or a.bc_lr <= 0:
-        errs.append("learning_rate and bc_lr must be > 0")
-    if a.lam is not None and a.lam < 0:
-        errs.append(f"lam={a.lam} must be >= 0")
-    for name in ("slo_ttft_s", "slo_tbt_s"):
-        if getattr(a, name) is not None and getattr(a, name) <= 0:
-            errs.append(f"{name}={getattr(a, name)} must be > 0 seconds")
-    try:
-        [int(x) for x in a.mlp_arch.split(",") if x.strip()]
-    except ValueError:
-        errs.append(f"mlp_arch={a.mlp_arch!r}: comma-separated layer sizes, e.g. 256,256")
-    if a.scenario in list_scenarios():  # the agent's side of the scenario: the scenario's own checks
-        view = {k: getattr(a, k) for k in ("hint", "veto", "num_slots", "waiting_slots") if getattr(a, k) is not None}
-        try:
-            get_scenario(a.scenario).with_(**view).check()
-        except ValueError as e:
-            errs.append(str(e))
-    known = available_schedulers()
-    for name in ("reference", "bc_heuristic"):
-        spec = getattr(a, name)
-        if spec is not None and spec.partition(":")[0] not in known:
-            errs.append(f"{name}={spec!r}: unknown scheduler; registered: {', '.join(known)}")
+    if a.search_popsize < 2:
+        errs.append("search_popsize must be >= 2 (CMA-ES needs two candidates)")
+    if not 0 < a.gamma <= 1 or not 0 <= a.gae_lambda <= 1:
+        errs.append("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+    if a.time_limit is not None and a.time_limit <= 0:
+        errs.append(f"time_limit={a.time_limit} must be > 0 seconds")
+    if not a.hidden or any(h < 1 for h in a.hidden):
+        errs.append(f"hidden={a.hidden} must be one or more layer sizes >= 1")
     if errs:
-        raise SystemExit("bad arguments:\n  " + "\n  ".join(errs))
+        raise SystemExit("train/ppo.py: invalid arguments:\n  - " + "\n  - ".join(errs))
 
 
-# ---------------------------------------------------------------------------------- the model
-def build_model(a: Args, venv, overrides: dict):
-    from sb3_contrib import MaskablePPO
+class Deadline:
+    """The ``--time-limit`` of the whole command."""
 
-    from agents.policy_net import FastMaskableMultiInputPolicy, SlotSetPolicy
-    from llmsched_env.observation import SLOT_FEATURES
+    def __init__(self, limit_s: Optional[float]):
+        self.t0 = time.monotonic()
+        self.limit_s = limit_s
 
-    if a.policy == "set":
-        policy_cls = SlotSetPolicy
-        policy_kwargs = dict(num_features=len(SLOT_FEATURES), embed_dim=a.embed_dim, num_heads=a.num_heads,
-                             attention=a.attention, head_hidden=a.head_hidden, hint_prior=a.hint_prior)
-    else:
-        policy_cls = FastMaskableMultiInputPolicy
-        sizes = [int(x) for x in a.mlp_arch.split(",") if x.strip()]
-        policy_kwargs = dict(net_arch=dict(pi=sizes, vf=sizes))
-    lr0 = a.learning_rate
-    lr = (lambda progress: lr0 * progress) if a.lr_schedule == "linear" else lr0
-    return MaskablePPO(policy_cls, venv, learning_rate=lr, n_steps=a.n_steps, batch_size=a.batch_size,
-                       n_epochs=a.n_epochs, gamma=a.gamma, gae_lambda=a.gae_lambda, clip_range=a.clip_range,
-                       ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
-                       target_kl=a.target_kl, policy_kwargs=policy_kwargs, seed=a.seed, device="cpu", verbose=0)
+    def left(self) -> float:
+        return math.inf if self.limit_s is None else self.limit_s - (time.monotonic() - self.t0)
+
+    def share(self, fraction: float) -> float:
+        """The monotonic time by which a stage that may use ``fraction`` of the limit ends."""
+        return math.inf if self.limit_s is None else self.t0 + fraction * self.limit_s
 
 
-def behaviour_cloning(a: Args, model, overrides: dict, logger, console) -> dict:
-    """Fit the policy to ``bc_heuristic``'s actions (cross-entropy of the masked distribution)
-    and the value head to the discounted returns; then ``bc_dagger_rounds`` rounds of DAgger:
-    the policy drives, the heuristic labels the states it reaches, and the policy is refitted on
-    all the data (plain cloning alone drifts into states the heuristic never shows it)."""
-    from rich.progress import track
+# ------------------------------------------------------------------ search (worker side)
+_W: dict = {}
 
-    from agents.rollout import demonstrations
-    from llmsched_env import ServingEnv
 
-    env = ServingEnv(a.scenario, **overrides)
-    t0 = time.perf_counter()
+def _worker_init(scenario: str) -> None:
+    from llmsched_env.env import ServingEnv
+    _W["env"] = ServingEnv(scenario)
+
+
+def _rule_return(job) -> float:
+    """Mean return of the constant action ``action`` on the given training seeds."""
+    from agents.episodes import run_episode
+    from agents.policy import RuleScheduler
+    action, seeds = job
+    env = _W["env"]
+    sched = RuleScheduler(rule=env.agent.spec.rule_of(action))
+    return float(np.mean([run_episode(env.scenario, sched, s, env=env)["return"] for s in seeds]))
+
+
+def search(a: Args, start: np.ndarray, pool, deadline: float, log) -> tuple[np.ndarray, list[dict]]:
+    """CMA-ES over the constant action; returns the best mean and the per-generation history."""
+    import cma
+    es = cma.CMAEvolutionStrategy(start.astype(float).tolist(), a.search_sigma,
+                                  {"popsize": a.search_popsize, "bounds": [-1, 1], "seed": a.seed + 1,
+                                   "verbose": -9})
+    history = []
+    rng = np.random.default_rng([a.seed, 17])
+    for gen in range(a.search_generations):
+        if time.monotonic() > deadline:
+            log(f"search: stopped by --time-limit after {gen} generations")
+            break
+        seeds = [int(s) for s in rng.integers(0, 2 ** 31 - 1, a.search_episodes)]
+        cands = es.ask()
+        scores = pool.map(_rule_return, [(np.asarray(c), seeds) for c in cands])
+        es.tell(cands, [-s for s in scores])
+        history.append({"generation": gen + 1, "best": max(scores), "mean": float(np.mean(scores))})
+        log(f"search gen {gen + 1:3d}/{a.search_generations}: best {max(scores):7.2f}  mean {np.mean(scores):7.2f}")
+    return np.clip(np.asarray(es.result.xfavorite if history else start, np.float32), -1, 1), history
+
+
+# ------------------------------------------------------------------ PPO side
+def make_env(scenario: str, seed: int, reward_scale: float):
+    def thunk():
+        import gymnasium as gym
+
+        from llmsched_env.env import ServingEnv
+        env = ServingEnv(scenario)
+        env = gym.wrappers.TransformReward(env, lambda r: r * reward_scale)
+        env.reset(seed=seed)
+        return env
+    return thunk
+
+
+def actor_of(model) -> "MLPActor":  # noqa: F821
+    """The SB3 policy's deterministic actor as a numpy MLPActor."""
+    import torch as th
+
+    from agents.policy import MLPActor
+    layers = [(m.weight.detach().cpu().numpy(), m.bias.detach().cpu().numpy())
+              for m in model.policy.mlp_extractor.policy_net if isinstance(m, th.nn.Linear)]
+    an = model.policy.action_net
+    layers.append((an.weight.detach().cpu().numpy(), an.bias.detach().cpu().numpy()))
+    return MLPActor(layers)
+
+
+def set_actor_bias(model, action: np.ndarray) -> None:
+    """Make the actor output ``action`` everywhere: zero output weights, bias = action."""
+    import torch as th
+    with th.no_grad():
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.copy_(th.as_tensor(action, dtype=th.float32))
+
+
+def fit_critic(model, a: Args, rule, log) -> None:
+    """Fit the value head to the discounted (scaled) returns of ``rule``'s own episodes."""
+    import torch as th
+
+    from llmsched_env.env import ServingEnv
+    env = ServingEnv(a.scenario)
+    spec = env.agent.spec
+    action = spec.action_of(rule)
+    obs_all, ret_all = [], []
+    for k in range(a.value_episodes):
+        obs, _ = env.reset(seed=int(np.random.default_rng([a.seed, 23, k]).integers(0, 2 ** 31 - 1)))
+        o, r = [obs], []
+        while True:
+            obs, rew, term, trunc, _ = env.step(action)
+            r.append(rew * a.reward_scale)
+            if term or trunc:
+                break
+            o.append(obs)
+        g, ret = 0.0, []
+        for x in reversed(r):
+            g = x + a.gamma * g
+            ret.append(g)
+        obs_all += o
+        ret_all += ret[::-1]
+    X = th.as_tensor(np.asarray(obs_all), dtype=th.float32)
+    y = th.as_tensor(np.asarray(ret_all), dtype=th.float32)
     pol = model.policy
-    opt = th.optim.Adam(pol.parameters(), lr=a.bc_lr)
-    rng = np.random.default_rng(a.seed)
-    epoch_no = 0
-
-    def fit(obs, masks, acts, rets, epochs):
-        nonlocal epoch_no
-        n = len(acts)
-        pol.set_training_mode(True)
-        for _ in range(epochs):
-            order = rng.permutation(n)
-            nll_sum = acc_sum = v_sum = 0.0
-            for i in range(0, n, a.bc_batch_size):
-                idx = order[i:i + a.bc_batch_size]
-                o = {k: th.as_tensor(v[idx]) for k, v in obs.items()}
-                act = th.as_tensor(acts[idx])
-                values, logp, _ = pol.evaluate_actions(o, act, action_masks=masks[idx])
-                nll = -logp.mean()
-                vloss = th.nn.functional.mse_loss(values.flatten(), th.as_tensor(rets[idx]))
-                opt.zero_grad()
-                ((nll if a.bc_policy_loss else 0.0) + a.vf_coef * vloss).backward()
-                th.nn.utils.clip_grad_norm_(pol.parameters(), a.max_grad_norm)
-                opt.step()
-                with th.no_grad():
-                    mode = pol.get_distribution(o, action_masks=masks[idx]).mode()
-                acc_sum += float((mode == act).all(1).float().sum())
-                nll_sum += float(nll.detach()) * len(idx)
-                v_sum += float(vloss.detach()) * len(idx)
-            logger.record("bc/nll", nll_sum / n)
-            logger.record("bc/exact_action_fraction", acc_sum / n)
-            logger.record("bc/value_mse", v_sum / n)
-            logger.record("bc/samples", n)
-            logger.dump(step=epoch_no)
-            epoch_no += 1
-        pol.set_training_mode(False)
-        console.print(f"BC on {n:,} states, {epochs} epochs: nll {nll_sum / n:.3f}  exact actions "
-                      f"{acc_sum / n:.3f}  value mse {v_sum / n:.3f}")
-
-    base = 1_000_000 + a.seed * 10_000
-    seeds = [base + i for i in range(a.bc_episodes)]
-    data = demonstrations(env, a.bc_heuristic, track(seeds, description=f"demos {a.bc_heuristic}",
-                                                     disable=not a.progress, console=console), gamma=a.gamma)
-    fit(*data, a.bc_epochs)
-    for r in range(a.bc_dagger_rounds):
-        seeds = [base + a.bc_episodes + r * a.bc_dagger_episodes + i for i in range(a.bc_dagger_episodes)]
-        new = demonstrations(env, a.bc_heuristic, track(seeds, description=f"DAgger {r + 1}", disable=not a.progress,
-                                                        console=console), gamma=a.gamma, act=policy_act_fn(pol))
-        data = ({k: np.concatenate([data[0][k], new[0][k]]) for k in data[0]},
-                *(np.concatenate([x, y]) for x, y in zip(data[1:], new[1:])))
-        fit(*data, a.bc_dagger_epochs)
-    return {"samples": int(len(data[2])), "seconds": round(time.perf_counter() - t0, 1)}
+    params = [*pol.mlp_extractor.value_net.parameters(), *pol.value_net.parameters()]
+    opt = th.optim.Adam(params, lr=1e-3)
+    for _ in range(a.value_epochs):
+        perm = th.randperm(len(X))
+        for i in range(0, len(X), 256):
+            idx = perm[i:i + 256]
+            v = pol.value_net(pol.mlp_extractor.forward_critic(X[idx])).squeeze(-1)
+            loss = th.nn.functional.mse_loss(v, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    log(f"critic warm start: {len(X)} decisions of {a.value_episodes} episodes, final MSE {loss.item():.4f}")
 
 
-# ------------------------------------------------------------------------------- monitoring
-def make_monitor(a: Args, overrides: dict, run_dir: Path, console, command: str = ""):
-    """The training callback: episode metrics, evaluations, checkpoints, progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from agents.rollout import METRIC_KEYS, heuristic_episode, policy_episode
-    from llmsched_env import ServingEnv
-
-    class Monitor(BaseCallback):
-        def __init__(self):
-            super().__init__()
-            self.eval_env = ServingEnv(a.scenario, **overrides)
-            self.seeds = [a.eval_seed + i for i in range(a.eval_episodes)]
-            self.reference = None
-            self.next_eval = a.eval_interval if a.eval_interval else None
-            self.next_ckpt = a.checkpoint_interval if a.checkpoint_interval else None
-            self.last_eval: dict = {}
-            self.best = -float("inf")
-            self.bar = None
-            self.t0 = time.perf_counter()
-            self.steps0 = 0
-
-        # state that must survive a resume
-        def state(self) -> dict:
-            return {"next_eval": self.next_eval, "next_ckpt": self.next_ckpt, "last_eval": self.last_eval,
-                    "best": self.best}
-
-        def load_state(self, s: dict) -> None:
-            self.next_eval, self.next_ckpt, self.last_eval = s["next_eval"], s["next_ckpt"], s["last_eval"]
-            self.best = s["best"]
-
-        def _on_training_start(self) -> None:
-            self.steps0 = self.num_timesteps
-            self.t0 = time.perf_counter()
-            if a.progress:
-                self.bar = Progress(TextColumn("[bold]PPO"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("steps  {task.fields[sps]:.0f} steps/s  {task.fields[info]}"),
-                                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-                self.bar.start()
-                self.task = self.bar.add_task("ppo", total=a.total_steps, completed=self.num_timesteps, sps=0.0,
-                                              info=self._eval_text())
-
-        def _eval_text(self) -> str:
-            if not self.last_eval:
-                return ""
-            e = self.last_eval
-            return (f"eval return {e['policy']:.1f} vs {a.reference} {e['reference']:.1f}  "
-                    f"SLO {e['policy_slo']:.3f} vs {e['reference_slo']:.3f}")
-
-        def _on_step(self) -> bool:
-            for info in self.locals["infos"]:
-                if "metrics" in info:
-                    self._log_episode(info)
-            if self.bar is not None and self.n_calls % 64 == 0:
-                sps = (self.num_timesteps - self.steps0) / max(1e-9, time.perf_counter() - self.t0)
-                self.bar.update(self.task, completed=self.num_timesteps, sps=sps, info=self._eval_text())
-            return True
-
-        def _log_episode(self, info: dict) -> None:
-            from agents.rollout import metrics_row
-            row = metrics_row(info, info["return_slo"] + info["return_gpu"])
-            for k in METRIC_KEYS:
-                self.logger.record_mean(f"episode/{k}", float(row[k]))
-
-        def _on_rollout_start(self) -> None:
-            if self.next_ckpt is not None and self.num_timesteps >= self.next_ckpt:
-                save_checkpoint(run_dir, self.model, self)
-                while self.next_ckpt <= self.num_timesteps:
-                    self.next_ckpt += a.checkpoint_interval
-
-        def _on_rollout_end(self) -> None:
-            if self.next_eval is not None and self.num_timesteps >= self.next_eval:
-                self.evaluate()
-                while self.next_eval <= self.num_timesteps:
-                    self.next_eval += a.eval_interval
-
-        def evaluate(self) -> dict:
-            """Deterministic policy vs the reference heuristic on the validation seeds."""
-            if self.reference is None:
-                self.reference = [heuristic_episode(self.eval_env, a.reference, s) for s in self.seeds]
-            act = policy_act_fn(self.model.policy)
-            rows = [policy_episode(self.eval_env, act, s) for s in self.seeds]
-            for k in METRIC_KEYS:
-                self.logger.record(f"eval/{k}", float(np.mean([r[k] for r in rows])))
-                self.logger.record(f"ref/{k}", float(np.mean([r[k] for r in self.reference])))
-            diff = float(np.mean([p["return"] - r["return"] for p, r in zip(rows, self.reference)]))
-            self.logger.record("eval/return_minus_ref", diff)
-            self.last_eval = {"policy": float(np.mean([r["return"] for r in rows])),
-                              "reference": float(np.mean([r["return"] for r in self.reference])),
-                              "policy_slo": float(np.mean([r["slo_attainment"] for r in rows])),
-                              "reference_slo": float(np.mean([r["slo_attainment"] for r in self.reference])),
-                              "step": self.num_timesteps}
-            if self.last_eval["policy"] > self.best:  # model selection on validation seeds only
-                self.best = self.last_eval["policy"]
-                save_policy(a, self.model, run_dir / "policy_best", overrides_desc(a),
-                            {"command": command, "selected_at_step": int(self.num_timesteps), "validation_return": self.best,
-                             "validation_seeds": self.seeds})
-            return self.last_eval
-
-        def _on_training_end(self) -> None:
-            if self.bar is not None:
-                self.bar.update(self.task, completed=self.num_timesteps, info=self._eval_text())
-                self.bar.stop()
-
-    return Monitor()
+def evaluate(actor, spec, scenario: str, seeds) -> dict:
+    from agents.episodes import run_episode
+    from agents.policy import PPOScheduler
+    sched = PPOScheduler.from_actor(actor, spec)
+    rows = [run_episode(scenario, sched, s) for s in seeds]
+    return {"return": float(np.mean([r["return"] for r in rows])),
+            "slo_attainment": float(np.mean([r["slo_attainment"] for r in rows]))}
 
 
-def policy_act_fn(policy):
-    """obs dict, flat mask -> deterministic action (numpy)."""
-    def act(obs, mask):
-        action, _ = policy.predict(obs, deterministic=True, action_masks=mask)
-        return action
-    return act
+def _final_job(job):
+    from agents.episodes import run_episode
+    from agents.policy import PPOScheduler
+    scenario, name, payload, seed = job
+    sched = PPOScheduler.from_actor(*payload) if payload is not None else name
+    row = run_episode(scenario, sched, seed)
+    row["scheduler"] = name
+    return row
 
 
-# ------------------------------------------------------------------------ checkpoints, saving
-def save_checkpoint(run_dir: Path, model, monitor) -> Path:
-    """Everything a resumed run needs to continue bit for bit: parameters and optimizer state
-    (model.zip), env states, the last observations, RNG states, the episode-info buffer."""
-    d = run_dir / "checkpoints" / f"step_{model.num_timesteps:09d}"
-    d.mkdir(parents=True, exist_ok=True)
-    model.save(d / "model.zip")
-    state = {"num_timesteps": model.num_timesteps, "envs": model.get_env().env_method("snapshot"),
-             "last_obs": model._last_obs, "last_episode_starts": model._last_episode_starts,
-             "ep_info_buffer": list(model.ep_info_buffer), "torch_rng": th.get_rng_state(),
-             "numpy_rng": np.random.get_state(), "monitor": monitor.state()}
-    with open(d / "state.pkl", "wb") as f:
-        pickle.dump(state, f)
-    (run_dir / "checkpoints" / "latest").write_text(d.name)
-    return d
+def final_table(a: Args, actor, spec, pool, deadline: Deadline, log) -> dict:
+    """Policy vs ``final_schedulers`` on held-out seeds, paired differences with 95% CIs."""
+    from eval.stats import t_interval
+    names = ["policy", *a.final_schedulers]
+    rows: dict[str, list] = {n: [] for n in names}
+    round_s = 0.0
+    for k in range(a.final_episodes):
+        if deadline.left() < 1.5 * round_s:
+            log(f"final table: cut to {k} episodes by --time-limit")
+            break
+        t = time.monotonic()
+        jobs = [(a.scenario, n, (actor, spec) if n == "policy" else None, HELD_OUT_SEED + k) for n in names]
+        for r in pool.map(_final_job, jobs):
+            rows[r["scheduler"]].append(r)
+        round_s = time.monotonic() - t
+    n_done = len(rows["policy"])
+    heuristics = [n for n in names if n != "policy"]
+    best = max(heuristics, key=lambda n: np.mean([r["return"] for r in rows[n]])) if n_done else None
+    table = {}
+    for n in names:
+        ret = [r["return"] for r in rows[n]]
+        entry = {"return": float(np.mean(ret)) if ret else float("nan"),
+                 "slo_attainment": float(np.mean([r["slo_attainment"] for r in rows[n]])) if ret else float("nan"),
+                 "gpu_busy_s": float(np.mean([r["gpu_busy_s"] for r in rows[n]])) if ret else float("nan")}
+        if n != "policy" and n_done >= 2:
+            diff = [p["return"] - h["return"] for p, h in zip(rows["policy"], rows[n])]
+            entry["policy_minus_it"] = t_interval(diff).to_dict()
+        table[n] = entry
+    return {"episodes": n_done, "seeds": f"{HELD_OUT_SEED}..{HELD_OUT_SEED + n_done - 1}", "best_heuristic": best,
+            "schedulers": table}
 
 
-def load_checkpoint(run_dir: Path, venv, monitor):
-    from collections import deque
-
-    from sb3_contrib import MaskablePPO
-    latest = run_dir / "checkpoints" / "latest"
-    if not latest.exists():
-        raise SystemExit(f"--resume: no checkpoint in {run_dir}/checkpoints (start the run without --resume)")
-    d = run_dir / "checkpoints" / latest.read_text().strip()
-    model = MaskablePPO.load(d / "model.zip", env=venv, device="cpu")
-    with open(d / "state.pkl", "rb") as f:
-        state = pickle.load(f)
-    for i, blob in enumerate(state["envs"]):
-        venv.env_method("restore", blob, indices=[i])
-    model._last_obs = state["last_obs"]
-    model._last_episode_starts = state["last_episode_starts"]
-    model.ep_info_buffer = deque(state["ep_info_buffer"], maxlen=model._stats_window_size)
-    th.set_rng_state(state["torch_rng"])
-    np.random.set_state(state["numpy_rng"])
-    monitor.load_state(state["monitor"])
-    return model, state["num_timesteps"]
-
-
-def overrides_desc(a: Args) -> dict:
-    return {"lam": a.lam, "slo_ttft_s": a.slo_ttft_s, "slo_tbt_s": a.slo_tbt_s, "hint": a.hint,
-            "veto": a.veto, "num_slots": a.num_slots, "waiting_slots": a.waiting_slots}
-
-
-def save_policy(a: Args, model, out: Path, overrides_desc: dict, extra: dict) -> Path:
-    """<out>/policy.pt (the policy alone: network + constructor arguments) and policy.yaml (the
-    scenario and overrides it was trained on, the command, the training summary)."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.policy.save(out / "policy.pt")
-    meta = {"scenario": a.scenario, "overrides": overrides_desc, "policy": a.policy,
-            "policy_class": f"{type(model.policy).__module__}.{type(model.policy).__name__}",
-            "obs_normalization": None, "num_timesteps": int(model.num_timesteps),
-            "args": dataclasses.asdict(a), **extra}
-    with open(out / "policy.yaml", "w") as f:
-        yaml.safe_dump(meta, f, sort_keys=False)
-    return out
-
-
-# --------------------------------------------------------------------------------------- main
-def main(argv=None) -> dict:
-    a = parse_args(argv)
-    command = "python train/ppo.py " + " ".join(sys.argv[1:] if argv is None else argv)
+def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
-    from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.vec_env import SubprocVecEnv
+    t = Table(title=f"held-out episodes (seeds {result['seeds']}): learned policy vs heuristics")
+    for col in ("scheduler", "return", "SLO attain.", "GPU-s", "policy - it [95% CI]"):
+        t.add_column(col, justify="right" if col != "scheduler" else "left")
+    for name, e in result["schedulers"].items():
+        d = e.get("policy_minus_it")
+        ci = f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d else ""
+        t.add_row(name, f"{e['return']:.2f}", f"{e['slo_attainment']:.3f}", f"{e['gpu_busy_s']:.1f}", ci)
+    Console(width=120).print(t)
 
-    from agents.rollout import heuristic_episode, make_env_fn, policy_episode, scenario_overrides
-    from llmsched_env import ServingEnv
 
-    th.set_num_threads(a.torch_threads)
-    th.distributions.Distribution.set_default_validate_args(False)
-    console = Console()
-    overrides = scenario_overrides(a.lam, a.slo_ttft_s, a.slo_tbt_s, a.scenario, hint=a.hint, veto=a.veto,
-                                   num_slots=a.num_slots, waiting_slots=a.waiting_slots)
-    run_dir = run_dir_of(a)
-    if run_dir.exists() and not a.resume and (run_dir / "checkpoints").exists():
-        raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or another --run-name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]llmsched PPO[/]: scenario {a.scenario}, policy {a.policy}, {a.total_steps:,} steps, "
-                  f"{a.n_envs} envs -> {run_dir}")
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    deadline = Deadline(a.time_limit)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "args.yaml").write_text(yaml.safe_dump(
+        {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(a).items()}, sort_keys=False))
+    log_file = open(out / "train.log", "a")
 
-    venv = SubprocVecEnv([make_env_fn(a.scenario, overrides) for _ in range(a.n_envs)], start_method="fork")
-    monitor = make_monitor(a, overrides, run_dir, console, command)
-    extra: dict = {"command": command}
-    t_start = time.perf_counter()
-    if a.resume:
-        model, done = load_checkpoint(run_dir, venv, monitor)
-        console.print(f"resumed at step {done:,}")
-    else:
-        model = build_model(a, venv, overrides)
-        with open(run_dir / "args.yaml", "w") as f:
-            yaml.safe_dump(dataclasses.asdict(a), f, sort_keys=False)
-    logger = configure(str(run_dir), ["tensorboard"])
-    model.set_logger(logger)
-    if not a.resume and a.bc_heuristic:
-        bc = behaviour_cloning(a, model, overrides, configure(str(run_dir / "bc"), ["tensorboard"]), console)
-        extra["bc"] = {"heuristic": a.bc_heuristic, **bc}
-        # the optimizer starts afresh for PPO: Adam moments of the imitation loss do not apply
-        model.policy.optimizer = model.policy.optimizer_class(model.policy.parameters(), lr=a.learning_rate,
-                                                              **model.policy.optimizer_kwargs)
-        if a.eval_interval:
-            monitor.init_callback(model)
-            e = monitor.evaluate()
-            logger.dump(step=0)
-            console.print(f"after imitation: eval return {e['policy']:.2f} vs {a.reference} {e['reference']:.2f}")
-    remaining = a.total_steps - model.num_timesteps
-    t_ppo = time.perf_counter()
-    steps0 = model.num_timesteps
-    if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=monitor, reset_num_timesteps=False, log_interval=1)
-    ppo_s = time.perf_counter() - t_ppo
-    if a.checkpoint_interval:
-        save_checkpoint(run_dir, model, monitor)  # the end state: a later --resume with more steps continues
-    sps = (model.num_timesteps - steps0) / max(ppo_s, 1e-9)
-    venv.close()
-    extra.update({"train_seconds": round(time.perf_counter() - t_start, 1), "ppo_steps_per_s": round(sps, 1)})
-    policy_dir = save_policy(a, model, run_dir / "policy", overrides_desc(a), extra)
-    console.print(f"policy saved to {policy_dir} ({model.num_timesteps:,} steps, {ppo_s:.0f} s of PPO, "
-                  f"{sps:.0f} env steps/s)")
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
 
-    result = {"run_dir": str(run_dir), "policy_dir": str(policy_dir), "num_timesteps": model.num_timesteps,
-              "steps_per_s": sps}
-    if a.final_eval_episodes:
-        env = ServingEnv(a.scenario, **overrides)
-        seeds = [a.final_eval_seed + i for i in range(a.final_eval_episodes)]
-        act = policy_act_fn(model.policy)
-        pol = [policy_episode(env, act, s) for s in seeds]
-        ref = [heuristic_episode(env, a.reference, s) for s in seeds]
-        t = Table(title=f"held-out reset seeds {seeds[0]}..{seeds[-1]} ({EVAL_NOTE}); "
-                        "full comparison: eval/policy_vs_heuristics.py")
-        for c in ("", "return", "SLO attainment", "GPU-s", "TTFT P99 s", "TBT P99 s", "preemptions"):
-            t.add_column(c, justify="right")
-        for name, rows in (("policy", pol), (a.reference, ref)):
-            t.add_row(name, *(f"{np.mean([r[k] for r in rows]):.{p}f}" for k, p in
-                              (("return", 2), ("slo_attainment", 3), ("gpu_busy_s", 1), ("ttft_p99_s", 2),
-                               ("tbt_p99_s", 3), ("preemptions", 1))))
-        diff = [p["return"] - r["return"] for p, r in zip(pol, ref)]
-        t.add_row("difference", f"{np.mean(diff):+.2f}", "", "", "", "", "")
-        console.print(t)
-        result.update({"policy_return": float(np.mean([r["return"] for r in pol])),
-                       "reference_return": float(np.mean([r["return"] for r in ref]))})
-    return result
+    import torch as th
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.utils import LinearSchedule
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from agents.policy import save_policy
+    from llmsched_env.priority import HEURISTIC_RULES
+    from llmsched_env.scenarios import get_scenario
+
+    th.manual_seed(a.seed)
+    th.set_num_threads(1)
+    spec = get_scenario(a.scenario).agent
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(a.workers, initializer=_worker_init, initargs=(a.scenario,))
+    summary: dict = {"args": asdict(a), "stages": {}}
+    try:
+        env_fns = [make_env(a.scenario, a.seed * 1000 + i, a.reward_scale) for i in range(a.n_envs)]
+        venv = SubprocVecEnv(env_fns, start_method="spawn") if a.n_envs > 1 else DummyVecEnv(env_fns)
+        venv.seed(a.seed)
+        ckpt = out / "checkpoint" / "model.zip"
+        ckpt.parent.mkdir(exist_ok=True)
+        lr = LinearSchedule(a.learning_rate, 0.0, 1.0) if a.lr_schedule == "linear" else a.learning_rate
+        if a.resume:
+            if not ckpt.is_file():
+                raise SystemExit(f"--resume: no checkpoint at {ckpt}; run without --resume first")
+            model = PPO.load(ckpt, env=venv, tensorboard_log=str(out / "tb"))
+            log(f"resumed from {ckpt} at {model.num_timesteps} decisions")
+        else:
+            model = PPO("MlpPolicy", venv, learning_rate=lr, n_steps=a.n_steps, batch_size=a.batch_size,
+                        n_epochs=a.n_epochs, gamma=a.gamma, gae_lambda=a.gae_lambda, clip_range=a.clip_range,
+                        ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
+                        target_kl=a.target_kl, use_sde=a.use_sde, sde_sample_freq=a.sde_sample_freq,
+                        policy_kwargs={"net_arch": {"pi": list(a.hidden), "vf": list(a.hidden)},
+                                       "activation_fn": th.nn.Tanh, "log_std_init": a.log_std_init},
+                        tensorboard_log=str(out / "tb"), seed=a.seed, verbose=0, device="cpu")
+            if a.init_rule != "none":
+                rule = HEURISTIC_RULES[a.init_rule]
+                start = spec.action_of(rule)
+                set_actor_bias(model, start)
+                if a.search_generations:
+                    t = time.monotonic()
+                    best, hist = search(a, start, pool, deadline.share(0.45), log)
+                    set_actor_bias(model, best)
+                    summary["stages"]["search"] = {"seconds": time.monotonic() - t, "history": hist,
+                                                   "action": best.tolist()}
+                    save_policy(out / "policy_search", actor_of(model), spec,
+                                {"stage": "search", "scenario": a.scenario})
+                if a.value_episodes:
+                    fit_critic(model, a, rule, log)
+        val_seeds = [VALIDATION_SEED + k for k in range(a.eval_episodes)]
+        curve_path = out / "curve.csv"
+        best = {"return": -math.inf}
+        ppo_end = deadline.share(0.9)
+
+        class Monitor(BaseCallback):
+            def __init__(self):
+                super().__init__()
+                self.t0 = time.monotonic()
+                self.n0 = 0
+                self.next_eval = 0
+                self.next_ckpt = a.checkpoint_interval
+                self.last_eval = -1
+
+            def _on_training_start(self):
+                self.n0 = self.num_timesteps
+                self.next_eval = self.num_timesteps
+                self._evaluate()
+
+            def _evaluate(self):
+                t = time.monotonic()
+                res = evaluate(actor_of(self.model), spec, a.scenario, val_seeds)
+                fresh = not curve_path.exists()
+                with open(curve_path, "a", newline="") as f:
+                    w = csv.writer(f)
+                    if fresh:
+                        w.writerow(["decisions", "return", "slo_attainment"])
+                    w.writerow([self.num_timesteps, f"{res['return']:.4f}", f"{res['slo_attainment']:.4f}"])
+                self.logger.record("eval/return", res["return"])
+                self.logger.record("eval/slo_attainment", res["slo_attainment"])
+                if res["return"] > best["return"]:
+                    best.update(res, decisions=self.num_timesteps)
+                    save_policy(out / "policy_best", actor_of(self.model), spec,
+                                {"stage": "ppo", "decisions": self.num_timesteps, **res})
+                self.next_eval += a.eval_interval
+                self.last_eval = self.num_timesteps
+                log(f"eval @ {self.num_timesteps:7d} decisions: return {res['return']:7.2f}  SLO "
+                    f"{res['slo_attainment']:.3f}  (best {best['return']:.2f} @ {best['decisions']})")
+
+            def _on_step(self) -> bool:
+                n = self.num_timesteps
+                if n >= self.next_eval:
+                    dt = time.monotonic() - self.t0
+                    self.logger.record("time/decisions_per_s", (n - self.n0) / max(dt, 1e-9))
+                    self._evaluate()
+                if n >= self.next_ckpt:
+                    self.model.save(ckpt)
+                    self.next_ckpt += a.checkpoint_interval
+                if time.monotonic() > ppo_end:
+                    log(f"PPO: stopped by --time-limit at {n} decisions")
+                    return False
+                return True
+
+        t = time.monotonic()
+        left = a.total_steps - (model.num_timesteps if a.resume else 0)
+        monitor = Monitor()
+        if left > 0:
+            model.learn(left, callback=monitor, reset_num_timesteps=not a.resume, tb_log_name="ppo")
+            if monitor.last_eval != model.num_timesteps:
+                monitor._evaluate()
+        ppo_s = time.monotonic() - t
+        model.save(ckpt)
+        actor = actor_of(model)
+        recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(a).items()}
+        save_policy(out / "policy", actor, spec, {"stage": "ppo", "scenario": a.scenario,
+                                                  "decisions": int(model.num_timesteps), "seed": a.seed,
+                                                  "validation_best": best, "args": recipe})
+        summary["stages"]["ppo"] = {"seconds": ppo_s, "decisions": int(model.num_timesteps),
+                                    "decisions_per_s": (model.num_timesteps - monitor.n0) / max(ppo_s, 1e-9),
+                                    "best": best}
+        venv.close()
+        result = final_table(a, actor, spec, pool, deadline, log)
+        summary["final"] = result
+        (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+        print_table(result)
+        log(f"policy saved to {out / 'policy'} (best on validation: {out / 'policy_best'}); "
+            f"results in {out / 'results.json'}")
+        return summary
+    finally:
+        pool.terminate()
+        log_file.close()
 
 
 if __name__ == "__main__":
