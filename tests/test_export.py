@@ -3,6 +3,7 @@ actions as the numpy actor, checked manifests, clear errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,17 @@ def test_cli_export(tmp_path, exported, capsys):
     d, _ = exported
     assert main(["export", "--policy", str(d / "policy"), "--out", str(tmp_path / "c"), "--verify-steps", "16"]) == 0
     assert "actions equal the policy's" in capsys.readouterr().out
+
+
+def test_serving_imports_neither_torch_nor_sb3(exported):
+    """A fresh interpreter serves the export (and the numpy actor) without torch or SB3."""
+    import subprocess
+    import sys
+    d, _ = exported
+    code = ("import sys\n"
+            "from agents.episodes import run_episode\n"
+            f"run_episode('default', 'onnx:path={d / 'export'}', 0)\n"
+            f"run_episode('default', 'ppo:path={d / 'policy'}', 0)\n"
+            "bad = [m for m in ('torch', 'stable_baselines3') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
