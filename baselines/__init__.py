@@ -1,6 +1,4 @@
-"""Heuristic scheduler baselines, one module per scheduler; importing this package registers
-them all (``llmsched_env.scheduler.REGISTRY``)."""
-from . import (edf, fastserve, faster_transformer, infermax_srf, lightllm, ltr, no_preempt, orca,  # noqa: F401
-               sarathi, sglang, slai, srpt, trtllm_max_util, trtllm_no_evict, vllm_v0,
-               vllm_v1)
-from . import optimal  # noqa: F401
+"""Heuristic scheduler baselines, one module per scheduler, and the CP-SAT optimal bound. Each
+module registers its schedulers when imported; ``llmsched_env.scheduler.BUILTIN`` names the
+module of each, so ``make_scheduler("sarathi")`` imports only ``baselines.sarathi`` (and never
+OR-Tools, which only ``baselines.optimal`` needs)."""

@@ -20,7 +20,9 @@ Settings (``SETTINGS``):
   * full-kv: robustness (b), the preset's whole KV cache with its default 256 sequences, under a
     conversation load of 10-16 requests/s (300 requests; SLAI meets nearly every SLO there);
   * full-kv-heavy: the same engine at 25-40 requests/s, where SLAI misses 10-30% of SLOs (the
-    issue's "heavy Poisson load" on a full GPU; added after full-kv turned out to be light).
+    issue's "heavy Poisson load" on a full GPU; added after full-kv turned out to be light);
+  * cli-default: what `llmsched simulate` does without SLO flags: one tier (TTFT 2 s, TBT 100 ms),
+    the whole KV cache, 20-40 requests/s (added after a new-user run of that command).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ SETTINGS = {
     "arxiv": ("default", {"workload": "arxiv", "rate_range": (1.2, 1.8)}),
     "full-kv": ("default", {"num_kv_blocks": None, "rate_range": (10.0, 16.0), "workload": "full"}),
     "full-kv-heavy": ("default", {"num_kv_blocks": None, "rate_range": (25.0, 40.0), "workload": "full"}),
+    "cli-default": ("default", {"num_kv_blocks": None, "rate_range": (20.0, 40.0), "workload": "one-tier"}),
 }
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -61,6 +64,9 @@ def scenario_for(setting: str):
         over["workload"] = sc.workload.with_(trace="arxiv_summarization_stats_llama2_tokenizer_filtered_v2")
     elif wl == "full":
         over["workload"] = sc.workload.with_(num_requests=300)
+    elif wl == "one-tier":
+        from llmsched_env.workload import DEFAULT_SLO
+        over["workload"] = sc.workload.with_(num_requests=300, slo_classes=(DEFAULT_SLO,))
     return sc.with_(name=f"{name}/{setting}", **over)
 
 

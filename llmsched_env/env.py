@@ -88,7 +88,8 @@ class ServingEnv(gym.Env):
     ``ServingEnv(scenario="default", render_mode=None, **overrides)``: ``scenario`` is a name in
     ``llmsched_env.scenarios`` or a ``Scenario``; overrides replace its fields (``lam``,
     ``max_steps``, ``preset``, ``num_kv_blocks``, ``max_num_batched_tokens``, ``max_num_seqs``,
-    ``workload``, ``rate_range``, ``agent``). ``render_mode``: "ansi" (queue, batch, KV and the
+    ``workload``, ``rate_range``, ``agent``, ``variants``). A scenario with ``variants`` (override
+    mappings) draws one per episode at reset, uniformly: its engine limits, workload and rates. ``render_mode``: "ansi" (queue, batch, KV and the
     rule as text) or "rgb_array" (the last 160 decisions: KV use, running and waiting requests).
 
     ## Version History
@@ -109,10 +110,9 @@ class ServingEnv(gym.Env):
             raise ValueError(f"render_mode={render_mode!r}; supported: {self.metadata['render_modes']}")
         self.scenario = sc
         self.render_mode = render_mode
-        preset = get_preset(sc.preset, num_kv_blocks=sc.num_kv_blocks)
-        kw = {} if sc.max_num_seqs is None else {"max_num_seqs": sc.max_num_seqs}
-        self.engine_config = preset.engine_config(max_num_batched_tokens=sc.max_num_batched_tokens, **kw)
-        self.cost_model = preset.cost_model
+        # (scenario, engine config, cost model) per variant; a plain scenario is its own one variant
+        self._variants = [self._build(sc.with_(**v, variants=())) for v in sc.variants] or [self._build(sc)]
+        self.variant, self.engine_config, self.cost_model = self._variants[0]
         self.agent = AgentInterface(sc.agent)
         self.reward_fn = SLOReward(sc.lam, self.engine_config.num_gpus)
         self.action_space = action_space()
@@ -123,9 +123,15 @@ class ServingEnv(gym.Env):
         self._done = False
         self._history = np.zeros((3, _HISTORY))
 
+    @staticmethod
+    def _build(sc: Scenario) -> tuple:
+        preset = get_preset(sc.preset, num_kv_blocks=sc.num_kv_blocks)
+        kw = {} if sc.max_num_seqs is None else {"max_num_seqs": sc.max_num_seqs}
+        return sc, preset.engine_config(max_num_batched_tokens=sc.max_num_batched_tokens, **kw), preset.cost_model
+
     # --------------------------------------------------------------- episode
     def _draw_workload(self, options: dict) -> tuple[list[RequestSpec], dict]:
-        sc = self.scenario
+        sc = self.variant
         unknown = set(options) - {"workload", "rate", "workload_seed"}
         if unknown:
             raise ValueError(f"unknown reset option(s) {sorted(unknown)}; known: workload, rate, workload_seed")
@@ -151,7 +157,11 @@ class ServingEnv(gym.Env):
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         super().reset(seed=seed)
+        k = int(self.np_random.integers(len(self._variants))) if len(self._variants) > 1 else 0
+        self.variant, self.engine_config, self.cost_model = self._variants[k]
+        self.reward_fn.num_gpus = self.engine_config.num_gpus
         self.specs, wl_info = self._draw_workload(options or {})
+        wl_info["variant"] = k
         self.engine = Engine(self.specs, self.engine_config, self.cost_model)
         self.reward_fn.reset()
         self.agent.reset()

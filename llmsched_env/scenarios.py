@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from .agent import AgentSpec
-from .workload import SLOClass, WorkloadConfig
+from .workload import DEFAULT_SLO, SLOClass, WorkloadConfig
 
 STRICT_TIER = SLOClass("strict", ttft_s=0.5, tbt_s=0.06, weight=0.5, priority=0)
 RELAXED_TIER = SLOClass("relaxed", ttft_s=4.0, tbt_s=0.2, weight=0.5, priority=1)
@@ -52,6 +52,8 @@ class Scenario:
         agent: the agent interface's settings (action scaling, decision points;
             ``llmsched_env.agent.AgentSpec``).
         max_steps: episode truncation, engine steps (not decisions).
+        variants: override mappings (of the fields above) of which the env draws one per episode
+            at reset, uniformly (engine limits, workload, rates); () = this scenario only.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Scenario:
     lam: float = 0.5
     agent: AgentSpec = field(default_factory=AgentSpec)
     max_steps: int = 10_000
+    variants: tuple[dict, ...] = ()
 
     def check(self) -> None:
         """Raise ValueError naming every bad field."""
@@ -88,6 +91,18 @@ class Scenario:
                 self.agent.check()
             except ValueError as e:
                 errs.append(str(e))
+        for k, v in enumerate(self.variants):
+            if not isinstance(v, dict):
+                errs.append(f"variants[{k}] must be a mapping of scenario fields")
+                continue
+            bad = set(v) - set(self.__dataclass_fields__) - {"name", "description"} | ({"variants"} & set(v))
+            if bad:
+                errs.append(f"variants[{k}] has unknown or nested field(s) {sorted(bad)}")
+                continue
+            try:
+                replace(self, variants=(), **v).check()
+            except ValueError as e:
+                errs.append(f"variants[{k}]: {e}")
         if not isinstance(self.workload, WorkloadConfig):
             errs.append(f"workload must be a WorkloadConfig, not {type(self.workload).__name__}")
         if errs:
@@ -127,6 +142,16 @@ _add(_BASE.with_(name="trace", description="a random window of the splitwise_con
                  "own arrival times, rate scale 1.0-1.5 (5.5-8.3 req/s on average)",
                  workload=_BASE.workload.with_(arrival="trace"), rate_range=(1.0, 1.5)),
      "llmsched/Serving-Trace-v1")
+_FULL_GPU = _BASE.workload.with_(num_requests=300)
+_ONE_TIER = (DEFAULT_SLO,)  # the CLI's default: TTFT 2 s, TBT 100 ms
+_add(_BASE.with_(name="mixed", description="one of five engines and workloads per episode: default, heavy, the "
+                 "preset's whole KV cache at 10-40 req/s with two tiers or one, one tier on the small cache",
+                 variants=({}, {"rate_range": (9.0, 12.0)},
+                           {"num_kv_blocks": None, "rate_range": (10.0, 40.0), "workload": _FULL_GPU},
+                           {"num_kv_blocks": None, "rate_range": (10.0, 40.0),
+                            "workload": _FULL_GPU.with_(slo_classes=_ONE_TIER)},
+                           {"rate_range": (4.0, 10.0), "workload": _BASE.workload.with_(slo_classes=_ONE_TIER)})),
+     "llmsched/Serving-Mixed-v1")
 
 
 def get_scenario(name: str) -> Scenario:

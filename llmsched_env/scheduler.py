@@ -66,6 +66,35 @@ class NeedsOptions(ValueError):
     schedule, ``ppo`` a policy file)."""
 
 
+#: Built-in schedulers, imported only when first made ("module:Class"); a plugin registers with
+#: ``@register`` instead. Importing llmsched_env never imports baselines/ or agents/.
+BUILTIN: dict[str, str] = {
+    "edf": "baselines.edf:EDFScheduler",
+    "faster-transformer": "baselines.faster_transformer:FasterTransformerScheduler",
+    "fastserve": "baselines.fastserve:FastServeScheduler",
+    "fcfs": "baselines.vllm_v1:FCFSScheduler",
+    "infermax-srf": "baselines.infermax_srf:InferMaxSRFScheduler",
+    "lightllm": "baselines.lightllm:LightLLMScheduler",
+    "ltr": "baselines.ltr:LTRScheduler",
+    "no-preempt": "baselines.no_preempt:NoPreemptScheduler",
+    "orca": "baselines.orca:OrcaScheduler",
+    "sarathi": "baselines.sarathi:SarathiScheduler",
+    "sglang": "baselines.sglang:SGLangScheduler",
+    "sjf": "baselines.srpt:SJFScheduler",
+    "slai": "baselines.slai:SLAIScheduler",
+    "srpt": "baselines.srpt:SRPTScheduler",
+    "trtllm-max-util": "baselines.trtllm_max_util:TRTLLMMaxUtilScheduler",
+    "trtllm-no-evict": "baselines.trtllm_no_evict:TRTLLMNoEvictScheduler",
+    "vllm-v0": "baselines.vllm_v0:VLLMV0Scheduler",
+    "vllm-v1": "baselines.vllm_v1:VLLMV1Scheduler",
+    "optimal": "baselines.optimal:OptimalScheduler",  # OR-Tools loads here, only when used
+    "ppo": "agents.policy:PPOScheduler",
+    "rule": "agents.policy:RuleScheduler",
+    "onnx": "agents.onnx_runtime:OnnxScheduler",  # onnxruntime loads when a policy is served
+}
+#: Built-ins that are not heuristics: learned policies and the agent interface's fixed rules,
+#: and the optimal replay (it needs a solved schedule).
+NOT_HEURISTIC = {"ppo", "rule", "onnx", "optimal"}
 REGISTRY: dict[str, Callable[..., Scheduler]] = {}
 
 
@@ -88,11 +117,13 @@ register.__doc__ = "Class decorator: make the scheduler available as ``make_sche
 
 
 def is_heuristic(name: str) -> bool:
-    """True for registered heuristics: not learned policies (class attribute ``learned = True``:
-    ``ppo``, ``onnx``) and buildable from the name alone (not ``optimal``, which sets
-    ``needs_solution = True``)."""
-    _load_builtin()
-    cls = REGISTRY[parse_spec(name)[0]]
+    """True for registered heuristics: not learned policies (``ppo``, ``onnx``, ``rule``; a plugin
+    sets the class attribute ``learned = True``) and buildable from the name alone (not
+    ``optimal``, which sets ``needs_solution = True``)."""
+    name = parse_spec(name)[0]
+    if name in BUILTIN:
+        return name not in NOT_HEURISTIC
+    cls = scheduler_class(name)
     return not getattr(cls, "learned", False) and not getattr(cls, "needs_solution", False)
 
 
@@ -101,15 +132,8 @@ def heuristic_schedulers() -> list[str]:
     return [n for n in available_schedulers() if is_heuristic(n)]
 
 
-def _load_builtin() -> None:
-    importlib.import_module("baselines")
-    importlib.import_module("agents.policy")  # the learned policy "ppo" and fixed rules "rule" (numpy only)
-    importlib.import_module("agents.onnx_runtime")  # its ONNX export, "onnx" (onnxruntime loads when used)
-
-
 def available_schedulers() -> list[str]:
-    _load_builtin()
-    return sorted(REGISTRY)
+    return sorted(set(REGISTRY) | set(BUILTIN))
 
 
 class UnknownScheduler(KeyError):
@@ -168,15 +192,25 @@ def split_specs(text: str) -> list[str]:
     return specs
 
 
+def scheduler_class(name: str):
+    """The class registered under ``name``, importing a built-in's module on first use."""
+    if name not in REGISTRY:
+        if name not in BUILTIN:
+            raise UnknownScheduler(f"unknown scheduler {name!r}; registered: {', '.join(available_schedulers())}")
+        module, _, cls = BUILTIN[name].partition(":")
+        importlib.import_module(module)  # registers the class
+        if name not in REGISTRY:
+            raise UnknownScheduler(f"scheduler {name!r}: {module} did not register {cls}")
+    return REGISTRY[name]
+
+
 def make_scheduler(name: str, **options) -> Scheduler:
     """Instantiate a registered scheduler from its name or spec (``name:key=value,...``; keyword
     options override the spec's). Raises UnknownScheduler listing the known names."""
-    _load_builtin()
     name, spec_options = parse_spec(name)
     options = {**spec_options, **options}
-    if name not in REGISTRY:
-        raise UnknownScheduler(f"unknown scheduler {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+    cls = scheduler_class(name)
     try:
-        return REGISTRY[name](**options)
+        return cls(**options)
     except TypeError as e:
         raise ValueError(f"bad options for scheduler {name!r}: {e}") from None

@@ -10,6 +10,7 @@ import pytest
 
 from agents.episodes import run_episode
 from llmsched_env import ServingEnv, WorkloadConfig
+from llmsched_env import get_preset
 from llmsched_env.agent import ACTION_DIM, OBS_FEATURES, AgentSpec
 from llmsched_env.priority import HEURISTIC_RULES
 from llmsched_env.request import RequestSpec
@@ -185,3 +186,17 @@ def test_render_ansi_shows_the_rule():
     env.step(env.agent.spec.action_of(HEURISTIC_RULES["slai"]))
     img = env.render()
     assert img.dtype == np.uint8 and img.shape == (96, 480, 3) and (img != 255).any()
+
+
+def test_variants_draw_an_engine_and_workload_per_episode():
+    env = ServingEnv("mixed")
+    seen = set()
+    for seed in range(40):
+        _, info = env.reset(seed=seed)
+        seen.add((info["workload"]["variant"], env.engine_config.num_kv_blocks))
+    assert {v for v, _ in seen} == set(range(5))
+    assert {b for _, b in seen} == {1024, get_preset("h100-llama3-8b").engine_config().num_kv_blocks}
+    with pytest.raises(ValueError, match=r"variants\[0\].*lam"):
+        small_env(variants=({"lam": -1.0},))
+    with pytest.raises(ValueError, match="unknown or nested"):
+        small_env(variants=({"slots": 3},))

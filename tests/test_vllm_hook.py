@@ -20,7 +20,7 @@ from llmsched_env.cost_model import LinearCostModel  # noqa: E402
 from llmsched_env.engine import Engine, EngineConfig  # noqa: E402
 from llmsched_env.plan import BatchPlan  # noqa: E402
 from llmsched_env.request import RequestSpec  # noqa: E402
-from llmsched_env.scheduler import REGISTRY, available_schedulers, make_scheduler, parse_spec  # noqa: E402
+from llmsched_env.scheduler import available_schedulers, make_scheduler, parse_spec  # noqa: E402
 
 BLOCK = 16
 
@@ -341,7 +341,7 @@ def test_policy_from_env_and_additional_config(model_config, monkeypatch):
     monkeypatch.setenv("LLMSCHED_POLICY", "no-such-policy")
     with pytest.raises(ValueError, match="unknown scheduler 'no-such-policy'"):
         build(model_config, policy=None)
-    assert "fcfs" in REGISTRY
+    assert "fcfs" in available_schedulers()
 
 
 class Raises:

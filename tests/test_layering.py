@@ -1,0 +1,33 @@
+"""Imports point one way (DESIGN.md, Layers): the core never loads baselines/, agents/ or the
+heavy optional packages until a scheduler that needs them is made."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
+                         check=True, capture_output=True, text=True, cwd=ROOT).stdout.split()
+    return {m.split(".")[0] for m in out}
+
+
+def test_importing_the_core_and_making_fcfs_loads_nothing_heavy():
+    mods = _modules_after("import llmsched_env\nfrom llmsched_env import make_scheduler, available_schedulers\n"
+                          "make_scheduler('fcfs'); make_scheduler('sarathi'); available_schedulers()")
+    for heavy in ("ortools", "torch", "onnxruntime", "agents", "stable_baselines3", "vllm", "ray"):
+        assert heavy not in mods, heavy
+
+
+def test_the_learned_policy_needs_numpy_not_torch():
+    mods = _modules_after("from llmsched_env import make_scheduler\nmake_scheduler('ppo')")
+    assert "agents" in mods and "torch" not in mods and "ortools" not in mods
+
+
+def test_every_builtin_name_resolves_to_its_registered_class():
+    from llmsched_env.scheduler import BUILTIN, scheduler_class
+    for name in BUILTIN:
+        assert scheduler_class(name).name == name
