@@ -146,13 +146,13 @@ class SLOTracker:
 
     def reset(self) -> None:
         self.mean_batch_s = 0.0
-        self._last_busy = 0.0
+        self._last_busy: float | None = None  # set at the first update: a live server's busy time so far is not a batch
         self._seen: dict[int, list] = {}  # rid -> [token times seen, TBT gaps over target, late]
         self._steps = 0
 
     def update(self, engine) -> None:
         """Account for what happened since the last call (call once per engine step)."""
-        latency = engine.busy_s - self._last_busy
+        latency = engine.busy_s - self._last_busy if self._last_busy is not None else 0.0
         self._last_busy = engine.busy_s
         if latency > 0:
             a = self.spec.batch_ema

@@ -112,3 +112,17 @@ def test_observation_is_scale_free_in_the_cache_size():
     i = OBS_FEATURES.index("kv_used")
     assert a[i] == pytest.approx(b[i], rel=0.05)
     assert a[OBS_FEATURES.index("running_frac")] == pytest.approx(b[OBS_FEATURES.index("running_frac")])
+
+
+def test_attaching_to_an_hour_old_server_does_not_count_its_uptime_as_a_batch():
+    """The hook may start on a server busy for an hour: the first step's busy time so far is
+    not a batch (the mean batch time stays at real batch times)."""
+    eng = make_engine(_specs(4), num_kv_blocks=64, budget=64)
+    eng.busy_s = 3600.0  # as a view reports on a server that has been serving
+    agent = AgentInterface()
+    for _ in range(3):
+        agent.sync(eng)
+        agent.adopt(HEURISTIC_RULES["fcfs"])
+        eng.step(agent.plan(eng))
+    agent.sync(eng)
+    assert 0 < agent.tracker.mean_batch_s < 1.0

@@ -47,3 +47,46 @@ def test_learned_policy_serves_vllm_to_completion(model_config, policy_dirs, kin
         assert st.policy_steps == len(plans) > 0 and st.policy_errors == 0, policy_dir
         assert not st.fallback_steps and st.fallback_preemptions == 0 and st.ignored == 0
         assert sched.llmsched_policy.agent.num_decisions >= 1
+
+
+class FakeClock:
+    """A deterministic hook clock: 2 ms per reading, from ``start`` seconds."""
+
+    def __init__(self, start: float):
+        self.t = start
+
+    def __call__(self) -> float:
+        self.t += 0.002
+        return self.t
+
+
+def test_an_hour_old_server_gets_the_same_plans(model_config, policy_dirs, monkeypatch):  # noqa: F811
+    """The observation has no uptime feature: the same requests on a server that has served for
+    an hour (clock and busy time an hour on) get exactly the plans of a fresh server."""
+    monkeypatch.setenv("LLMSCHED_TTFT_SLO_S", "0.5")
+    monkeypatch.setenv("LLMSCHED_TBT_SLO_S", "0.06")
+    policy_dir = policy_dirs[-1][0]
+    runs = []
+    for uptime in (0.0, 3600.0):
+        monkeypatch.setenv("LLMSCHED_POLICY", f"ppo:path={policy_dir}")
+        sched = build(model_config, policy=None, num_blocks=200, budget=2048, max_seqs=6)
+        sched.clock = FakeClock(1000.0)
+        sched._t0 = 1000.0 - uptime
+        sched._busy_s = 0.8 * uptime
+        plans, _ = run_checked(sched, LENGTHS)
+        runs.append([(p.tokens, p.preempt) for p in plans])
+        assert sched.llmsched_policy.agent.tracker.mean_batch_s < 1.0
+    assert runs[0] == runs[1]
+
+
+def test_memory_stays_flat_with_uptime(model_config):  # noqa: F811
+    """3,000 requests through the hook with the shipped policy: the hook's per-request
+    structures stay bounded by the live requests (the finished log by its capacity) and the heap
+    does not grow between the first and the last thousand (eval/soak_vllm_hook.py runs 100k)."""
+    from eval.soak_vllm_hook import soak
+    s = soak(model_config, 3000, "ppo", active=32, every=1000, report=lambda line: None)
+    assert len(s) == 3
+    for sample in s:
+        assert sample["records"] <= 64 and sample["by_rid"] <= 64 and sample["slo_tracker"] <= 64 + 256
+    assert s[-1]["finished_kept"] <= 1024  # FinishedLog keeps max(4 x max_num_seqs, 1024)
+    assert s[-1]["heap_mib"] - s[0]["heap_mib"] < 2.0, s
