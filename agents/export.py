@@ -18,7 +18,8 @@ import numpy as np
 
 from llmsched_env.agent import ACTION_FIELDS, OBS_FEATURES, OBS_HIGH, OBS_LOW
 
-from .onnx_runtime import FORMAT, FORMAT_VERSION, MANIFEST, MODEL, ExportError, OnnxPolicy, sha256_file
+from .onnx_runtime import (FORMAT, FORMAT_VERSION, MANIFEST, MODEL, ExportError, OnnxPolicy, manifest_digest,
+                           sha256_file)
 from .policy import LoadedPolicy, MLPActor, PPOScheduler
 
 OPSET = 17
@@ -94,6 +95,7 @@ def export_policy(policy_dir: str | Path, out: str | Path, verify_steps: int = 2
                           "sha256": sha256_file(out / MODEL)},
                 "source": {"policy": str(policy_dir), "meta": pol.meta}}
     import json
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if verify_steps:
         served = OnnxPolicy(out)

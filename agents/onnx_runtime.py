@@ -6,7 +6,7 @@ An export directory (written by ``llmsched export``, agents/export.py) holds
     float32 in [-1, 1] (``ACTION_FIELDS``);
   * ``manifest.json`` format and version, the feature and action names, the AgentSpec (how the
     action maps to a rule, when decisions are due), the ONNX input/output names, the opset, the
-    source policy's training summary and the SHA-256 of policy.onnx.
+    source policy's training summary, the SHA-256 of policy.onnx and of the manifest itself.
 
 ``OnnxPolicy(dir)`` checks everything before the first decision (the checksum of the bytes it
 loads, the feature and action names against this llmsched's, the model's input and output
@@ -47,6 +47,13 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON without its own ``manifest_sha256`` field: an edited
+    field (the AgentSpec, the feature names) is caught, not served."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 class OnnxPolicy:
     """A checked export: ``act(obs) -> action`` with onnxruntime on one thread."""
 
@@ -68,6 +75,9 @@ class OnnxPolicy:
             digest = m["model"]["sha256"]
         except (KeyError, TypeError) as e:
             raise ExportError(f"{man}: missing or malformed field {e}; re-export") from None
+        if m.get("manifest_sha256") != manifest_digest(m):
+            raise ExportError(f"{man}: its content differs from its manifest_sha256 (edited after export); "
+                              "re-export with `llmsched export`")
         if obs != list(OBS_FEATURES) or act != list(ACTION_FIELDS):
             raise ExportError(f"{man}: its observation or action fields differ from this llmsched's "
                               "(llmsched_env.agent); retrain or re-export with this version")

@@ -13,8 +13,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import (add_engine_args, add_workload_args, engine_overrides, workload_from_args,
-                         write_json)
+from .cli_common import (add_engine_args, add_workload_args, check_writable, engine_overrides,
+                         workload_from_args, write_json)
 
 console = Console()
 
@@ -210,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``llmsched`` command; exit status 0, 1 (a run failed) or 2 (bad input, with a message)."""
+    a = build_parser().parse_args(argv)
+    try:
+        return _run(a)
+    except SystemExit as e:  # bad input: the message, exit status 2 (as argparse's own errors)
+        if isinstance(e.code, str):
+            print(e.code if e.code.startswith("error") else f"error: {e.code}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+
+
+def _run(a) -> int:
     from .calibration import ProfileError
     from .data import DataNotFound
     from .engine import SchedulerStalled, WorkloadRejected
@@ -219,7 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import RayUnavailable
     from .scheduler import UnknownScheduler
     from .workload import TraceError
-    a = build_parser().parse_args(argv)
+    for flag in ("json", "out", "csv"):  # fail before the run, not after it
+        check_writable(getattr(a, flag, None), f"--{flag}")
+    util = getattr(a, "gpu_mem_util", None)
+    if util is not None and not 0 < util <= 1:
+        raise SystemExit(f"error: --gpu-mem-util is a share of the GPU's memory in (0, 1] (got {util})")
+    threshold = getattr(a, "threshold", None)
+    if threshold is not None and not 0 < threshold <= 1:
+        raise SystemExit(f"error: --threshold is an SLO attainment in (0, 1] (got {threshold})")
     try:
         return a.func(a) or 0
     except (FileNotFoundError, DataNotFound, TraceError, ProfileError, WorkloadRejected, UnknownPreset,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 from pathlib import Path
 
@@ -84,9 +85,14 @@ def workload_from_args(a, max_total_len: int | None = None) -> WorkloadConfig:
     if n is not None and n < 1:
         raise SystemExit(f"error: --num-requests must be >= 1 (got {n})")
     window = a.window_start if a.window_start is not None else (0 if n is None else None)
-    tiers = parse_tiers(a.slo_tiers) if a.slo_tiers else (SLOClass("default", a.slo_ttft, a.slo_tbt),)
+    if a.rate is not None and not 0 < a.rate < math.inf:
+        raise SystemExit(f"error: --rate must be a number of requests/s > 0 (got {a.rate})")
     try:
-        return WorkloadConfig(num_requests=n, arrival=arrival, rate=a.rate or 2.0, cv=a.cv,
+        tiers = parse_tiers(a.slo_tiers) if a.slo_tiers else (SLOClass("default", a.slo_ttft, a.slo_tbt),)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    try:
+        return WorkloadConfig(num_requests=n, arrival=arrival, rate=2.0 if a.rate is None else a.rate, cv=a.cv,
                               rate_scale=a.rate_scale, lengths="trace" if trace else a.lengths, trace=trace,
                               window_start=window, prompt_len=a.prompt_len, output_len=a.output_len,
                               slo_classes=tiers, oversize=a.oversize,
@@ -98,6 +104,10 @@ def workload_from_args(a, max_total_len: int | None = None) -> WorkloadConfig:
 
 
 def engine_overrides(a) -> dict:
+    """The engine flags as ``Preset.engine_config`` overrides; an impossible value exits with a
+    message naming the flag."""
+    if a.block_size is not None and a.block_size < 1:  # the others are named by EngineConfig
+        raise SystemExit(f"error: --block-size must be an integer >= 1 (got {a.block_size})")
     return {"max_num_batched_tokens": a.token_budget, "max_num_seqs": a.max_num_seqs,
             "num_kv_blocks": a.num_kv_blocks, "block_size": a.block_size}
 
@@ -115,3 +125,20 @@ def write_json(obj, path: str | None) -> None:
         return o
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(clean(obj), indent=2) + "\n")
+
+
+def check_writable(path: str | None, flag: str) -> None:
+    """Exit before any work when ``path`` (a file or directory to write) cannot be created: its
+    nearest existing ancestor must be a writable directory, and it must not be a directory
+    where a file is expected (results would otherwise be lost after the whole run)."""
+    if not isinstance(path, str) or not path:  # absent, or a flag of that name (calibrate --json)
+        return
+    p = Path(path).resolve()
+    anc = p
+    while not anc.exists():
+        anc = anc.parent
+    if anc == p and p.is_file() and not os.access(p, os.W_OK):
+        raise SystemExit(f"error: {flag} {path}: the file is not writable")
+    if anc != p and (not anc.is_dir() or not os.access(anc, os.W_OK)):
+        raise SystemExit(f"error: {flag} {path}: cannot create it ({anc} is not a writable directory); "
+                         "choose another path")

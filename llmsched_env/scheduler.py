@@ -12,6 +12,7 @@ or ``ppo:path=agents/zoo/default``. Values are parsed as int, float, true/false/
 from __future__ import annotations
 
 import importlib
+import types
 from dataclasses import replace
 from typing import Callable, Optional, Protocol, runtime_checkable
 
@@ -204,12 +205,36 @@ def scheduler_class(name: str):
     return REGISTRY[name]
 
 
+def _check_option_types(cls, name: str, options: dict) -> None:
+    """Options whose constructor annotation is int, float, bool or str (or None of them) must have
+    that type (an int passes for a float): ``sarathi:token_budget=abc`` is named as such."""
+    import typing
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not evaluate here: let the constructor decide
+        return
+    simple = (int, float, bool, str, type(None))
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if not all(t in simple for t in allowed):
+            continue
+        ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool) and bool not in allowed)
+                 for t in allowed) or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            want = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(f"scheduler {name!r}: option {key}={value!r} must be {want}")
+
+
 def make_scheduler(name: str, **options) -> Scheduler:
     """Instantiate a registered scheduler from its name or spec (``name:key=value,...``; keyword
     options override the spec's). Raises UnknownScheduler listing the known names."""
     name, spec_options = parse_spec(name)
     options = {**spec_options, **options}
     cls = scheduler_class(name)
+    _check_option_types(cls, name, options)
     try:
         return cls(**options)
     except TypeError as e:

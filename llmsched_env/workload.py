@@ -73,7 +73,7 @@ def load_trace(path: str | os.PathLike, need_timestamps: bool = False) -> Trace:
 @lru_cache(maxsize=16)
 def _load_trace_cached(path: str, mtime_ns: int, need_timestamps: bool) -> Trace:
     p = Path(path)
-    with p.open(newline="") as f:
+    with p.open(newline="", encoding="utf-8-sig") as f:  # a BOM must not hide the first column
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
         required = [PROMPT_COL, OUTPUT_COL] + ([TIME_COL] if need_timestamps else [])
@@ -129,6 +129,15 @@ class SLOClass:
     tbt_s: float
     weight: float = 1.0
     priority: int = 0
+
+    def __post_init__(self) -> None:
+        errs = [f"{k}={getattr(self, k)!r} must be a number > 0 (seconds; inf = no target)"
+                for k in ("ttft_s", "tbt_s")
+                if not isinstance(getattr(self, k), (int, float)) or not getattr(self, k) > 0]
+        if not isinstance(self.weight, (int, float)) or not 0 <= self.weight < math.inf:
+            errs.append(f"weight={self.weight!r} must be a finite number >= 0")
+        if errs:
+            raise ValueError(f"SLO tier {self.name!r}: " + "; ".join(errs))
 
 
 DEFAULT_SLO = SLOClass("default", ttft_s=2.0, tbt_s=0.1)

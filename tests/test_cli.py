@@ -77,3 +77,30 @@ def test_oversize_drop_also_guards_kv_capacity(tmp_path):
                "--num-requests", "5", "--preset", "infermax-a100-llama2-7b", "--num-kv-blocks", "10",
                "--oversize", "clip", "--json", str(out), "--no-progress"])
     assert rc == 0 and json.loads(out.read_text())["num_finished"] == 5
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["simulate", "--rate", "0"], "--rate must be"),
+    (["simulate", "--gpu-mem-util", "2"], "--gpu-mem-util"),
+    (["simulate", "--slo-ttft", "-1"], "ttft_s=-1.0"),
+    (["simulate", "--slo-tbt", "nan"], "tbt_s=nan"),
+    (["goodput", "--threshold", "2"], "--threshold"),
+    (["simulate", "--block-size", "0"], "--block-size must be"),
+    (["simulate", "--scheduler", "sarathi:token_budget=abc"], "token_budget='abc' must be int"),
+])
+def test_impossible_inputs_exit_2_with_a_message_naming_them(argv, words, capsys):
+    from llmsched_env.cli import main
+    try:
+        rc = main([*argv, "--num-requests", "5", "--synthetic"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_trace_with_a_utf8_bom_keeps_its_columns(tmp_path):
+    from llmsched_env.workload import load_trace
+    text = "arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n0.5,20,6\n"
+    (tmp_path / "t.csv").write_text("\ufeff" + text, encoding="utf-8")
+    t = load_trace(str(tmp_path / "t.csv"))
+    assert t.arrival_s is not None and list(t.prompt_len) == [10, 20]

@@ -58,7 +58,7 @@ def test_every_shipped_suite_loads(shared_data):
     (["--schedulers", "fcfs,no-such-sched"], "unknown scheduler 'no-such-sched'"),
     (["--schedulers", "sarathi:no_such_option=1"], "cannot be built"),
     (["--schedulers", "optimal"], "solved per instance"),
-    (["--schedulers", "vllm-v0:token_budget=abc"], "two-request smoke test"),
+    (["--schedulers", "vllm-v0:token_budget=abc"], "option token_budget='abc' must be int"),  # caught when built
     (["--suite", "no-such-suite"], "unknown suite 'no-such-suite'"),
     (["--trace", "/nonexistent/trace.csv"], "trace not found"),
     (["--policy", "/nonexistent/policy"], "no such file or directory"),

@@ -59,7 +59,14 @@ def test_tampered_or_malformed_exports_are_refused(tmp_path, exported):
         OnnxPolicy(e)
     shutil.copy(d / "export" / MODEL, e / MODEL)
     m = json.loads((e / MANIFEST).read_text())
+    m["agent"]["budget_range"] = [64, 512]  # would change every schedule
+    (e / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(ExportError, match="edited after export"):
+        OnnxPolicy(e)
+    from agents.onnx_runtime import manifest_digest
+    m = json.loads((d / "export" / MANIFEST).read_text())
     m["observation"] = m["observation"][:-1]
+    m["manifest_sha256"] = manifest_digest(m)
     (e / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(ExportError, match="observation or action fields differ"):
         OnnxPolicy(e)
