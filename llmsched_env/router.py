@@ -13,11 +13,10 @@ they are found by the lazy ``module:Class`` strings in ``BUILTIN`` (imported onl
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
-from .scheduler import parse_spec, registrar
+from .scheduler import lazy_class, parse_spec, registrar
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +78,7 @@ def heuristic_routers() -> list[str]:
 
 
 def _router_class(name: str):
-    if name not in REGISTRY:
-        if name not in BUILTIN:
-            raise UnknownRouter(f"unknown router {name!r}; registered: {', '.join(available_routers())}")
-        module, _, cls = BUILTIN[name].partition(":")
-        importlib.import_module(module)  # registers the class
-        if name not in REGISTRY:
-            raise UnknownRouter(f"router {name!r}: {module} did not register {cls}")
-    return REGISTRY[name]
+    return lazy_class(REGISTRY, BUILTIN, name, "router", UnknownRouter)
 
 
 def make_router(spec: str, **options) -> Router:

@@ -193,16 +193,24 @@ def split_specs(text: str) -> list[str]:
     return specs
 
 
+def lazy_class(registry: dict, builtin: dict, name: str, kind: str, unknown: type):
+    """The class registered under ``name`` in ``registry``, importing the module that
+    ``builtin[name]`` ("module:Class") names on first use; ``unknown`` (an exception class) when
+    there is none."""
+    if name not in registry:
+        if name not in builtin:
+            known = ", ".join(sorted(set(registry) | set(builtin)))
+            raise unknown(f"unknown {kind} {name!r}; registered: {known}")
+        module, _, cls = builtin[name].partition(":")
+        importlib.import_module(module)  # registers the class
+        if name not in registry:
+            raise unknown(f"{kind} {name!r}: {module} did not register {cls}")
+    return registry[name]
+
+
 def scheduler_class(name: str):
     """The class registered under ``name``, importing a built-in's module on first use."""
-    if name not in REGISTRY:
-        if name not in BUILTIN:
-            raise UnknownScheduler(f"unknown scheduler {name!r}; registered: {', '.join(available_schedulers())}")
-        module, _, cls = BUILTIN[name].partition(":")
-        importlib.import_module(module)  # registers the class
-        if name not in REGISTRY:
-            raise UnknownScheduler(f"scheduler {name!r}: {module} did not register {cls}")
-    return REGISTRY[name]
+    return lazy_class(REGISTRY, BUILTIN, name, "scheduler", UnknownScheduler)
 
 
 def _check_option_types(cls, name: str, options: dict) -> None:
