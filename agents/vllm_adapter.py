@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
 from llmsched_env.engine import EngineConfig
@@ -308,7 +308,8 @@ class VLLMEngineView:
     running steps), ``last_step_latency_s`` (s, the last step whose outputs came back),
     ``num_steps`` (vLLM's step counter), ``running`` (rid -> request, vLLM's running order;
     with async scheduling, not those whose last token is in flight: vLLM will not run them
-    again and they finish when it comes back, as they would have in a synchronous engine).
+    again and they finish when it comes back, as they would have in a synchronous engine; until
+    then they hold their seats, so ``config.max_num_seqs`` is the engine's less their number).
     """
 
     def __init__(self, sched, records: dict, requests: dict, config: EngineConfig, cost_model,
@@ -317,6 +318,7 @@ class VLLMEngineView:
         self._records = records
         self.requests = requests
         self.config = config
+        self._config = config  # the engine's; ``config`` has fewer seats while finishing requests hold some
         self._cost_model = cost_model
         self.finished = finished
         self._waiting_statuses = waiting_statuses
@@ -351,6 +353,9 @@ class VLLMEngineView:
                 running[rec.rid] = rec
         self.running = running
         self._running_rids = running.keys()
+        # a request whose last token is in flight still holds its vLLM seat until it comes back
+        self.config = self._config if not finishing else replace(
+            self._config, max_num_seqs=max(1, self._config.max_num_seqs - len(finishing)))
         self.now_s = now_s
         self.busy_s = busy_s
         self.last_step_latency_s = last_step_latency_s

@@ -90,3 +90,14 @@ def test_memory_stays_flat_with_uptime(model_config):  # noqa: F811
         assert sample["records"] <= 64 and sample["by_rid"] <= 64 and sample["slo_tracker"] <= 64 + 256
     assert s[-1]["finished_kept"] <= 1024  # FinishedLog keeps max(4 x max_num_seqs, 1024)
     assert s[-1]["heap_mib"] - s[0]["heap_mib"] < 2.0, s
+
+
+def test_finishing_requests_keep_their_seats_under_async_scheduling(model_config, policy_dirs, monkeypatch):  # noqa: F811
+    """Under vLLM's async loop a request whose last token is in flight still holds its seat: the
+    view gives the policy one seat fewer for each, so it never plans an admission vLLM refuses
+    (every plan is carried out exactly, with few seats and many short requests)."""
+    monkeypatch.setenv("LLMSCHED_POLICY", "fcfs")
+    lengths = [(16 + (7 * i) % 40, 2 + i % 4) for i in range(40)]
+    sched = build(model_config, policy=None, num_blocks=400, budget=2048, max_seqs=3, async_scheduling=True)
+    plans, _ = run_checked(sched, lengths, max_steps=2000)
+    assert not sched.hook_stats.refused_admissions and not sched.hook_stats.fallback_steps
