@@ -13,7 +13,7 @@ from .scenarios import ENV_IDS, Scenario, get_scenario, list_scenarios
 
 
 def _register_envs() -> None:
-    """Register every scenario's Gymnasium id (``gymnasium.make("llmsched/Serving-v0")``)."""
+    """Register every scenario's Gymnasium id (``gymnasium.make("llmsched/Serving-v1")``)."""
     import gymnasium
 
     for name, env_id in ENV_IDS.items():
