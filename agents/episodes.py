@@ -13,7 +13,8 @@ from typing import Optional
 
 from llmsched_env.engine import Engine
 from llmsched_env.env import ServingEnv
-from llmsched_env.scenarios import Scenario, get_scenario
+from llmsched_env.reward import objective
+from llmsched_env.scenarios import Scenario
 from llmsched_env.scheduler import Scheduler, make_scheduler
 from llmsched_env.simulate import run
 
@@ -21,21 +22,16 @@ ROW_KEYS = ("return", "slo_attainment", "gpu_busy_s", "ttft_p99_s", "tbt_p99_s",
             "num_steps", "num_finished")
 
 
-def scenario_of(scenario: str | Scenario, overrides: Optional[dict] = None) -> Scenario:
-    sc = get_scenario(scenario) if isinstance(scenario, str) else scenario
-    return sc.with_(**overrides) if overrides else sc
-
-
 def run_episode(scenario: str | Scenario, scheduler: str | Scheduler, seed: int,
-                overrides: Optional[dict] = None, env: Optional[ServingEnv] = None) -> dict:
+                env: Optional[ServingEnv] = None) -> dict:
     """One episode's metrics row (``ROW_KEYS``) for ``scheduler`` on ``scenario``'s seed ``seed``.
     Pass ``env`` (a ServingEnv of that scenario) to reuse it for drawing workloads."""
-    env = env or ServingEnv(scenario_of(scenario, overrides))
+    env = env or ServingEnv(scenario)
     env.reset(seed=seed)
     sched = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
     engine = Engine(env.specs, env.engine_config, env.cost_model)
     m = run(engine, sched, max_steps=env.scenario.max_steps)
     row = {k: m[k] for k in ROW_KEYS if k in m}
-    row["return"] = m["num_slo_met"] - env.scenario.lam * m["gpu_busy_s"]  # gpu_busy_s counts every GPU
+    row["return"] = objective(m, env.scenario.lam)
     row["seed"] = seed
     return row

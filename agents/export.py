@@ -20,7 +20,7 @@ from llmsched_env.agent import ACTION_FIELDS, OBS_FEATURES, OBS_HIGH, OBS_LOW
 
 from .onnx_runtime import (FORMAT, FORMAT_VERSION, MANIFEST, MODEL, ExportError, OnnxPolicy, manifest_digest,
                            sha256_file)
-from .policy import LoadedPolicy, MLPActor, PPOScheduler
+from .policy import LoadedPolicy, MLPActor
 
 OPSET = 17
 ATOL = 1e-5
@@ -61,19 +61,18 @@ def actor_graph(actor: MLPActor, opset: int = OPSET):
 def verification_observations(policy: LoadedPolicy, n: int, seed: int) -> np.ndarray:
     """``n`` observations: half uniform in the observation box, half from an episode of the
     default scenario driven by the policy itself."""
-    from agents.episodes import run_episode
+    from llmsched_env.env import ServingEnv
     rng = np.random.default_rng(seed)
     k = n // 2
     rand = rng.uniform(OBS_LOW, OBS_HIGH, (k, len(OBS_FEATURES))).astype(np.float32)
-    seen: list[np.ndarray] = []
-
-    class Recording(PPOScheduler):
-        def act(self, obs):
-            if len(seen) < n - k:
-                seen.append(obs.copy())
-            return super().act(obs)
-
-    run_episode("default", Recording.from_actor(policy.actor, policy.spec), seed)
+    env = ServingEnv("default", agent=policy.spec)
+    obs, _ = env.reset(seed=seed)
+    seen = [obs]
+    while len(seen) < n - k:
+        obs, _, term, trunc, _ = env.step(policy.actor(obs))
+        if term or trunc:
+            obs, _ = env.reset()
+        seen.append(obs)
     return np.concatenate([rand, np.asarray(seen, np.float32).reshape(-1, len(OBS_FEATURES))])
 
 

@@ -14,7 +14,7 @@ Schedulers:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -163,23 +163,17 @@ class PPOScheduler(AgentScheduler):
 
     Args:
         path: policy directory (default: the shipped ``agents/zoo/default``).
+        actor, spec: instead, an in-memory actor and its AgentSpec (from Python: training's
+            evaluations).
     """
 
-    def __init__(self, path: str | None = None):
-        self.policy = LoadedPolicy(path or DEFAULT_PATH)
-        self.spec = self.policy.spec
-        self._actor = self.policy.actor
-        super().__init__()
-
-    @classmethod
-    def from_actor(cls, actor: MLPActor, spec: AgentSpec) -> "PPOScheduler":
-        """A scheduler around an in-memory actor (training's evaluations)."""
-        self = cls.__new__(cls)
-        self.policy = None
-        self.spec = spec
+    def __init__(self, path: str | None = None, actor: MLPActor | None = None, spec: AgentSpec | None = None):
+        if actor is None:
+            self.policy = LoadedPolicy(path or DEFAULT_PATH)
+            actor, spec = self.policy.actor, self.policy.spec
+        self.spec = spec or AgentSpec()
         self._actor = actor
-        AgentScheduler.__init__(self)
-        return self
+        super().__init__()
 
     def act(self, obs):
         return self._actor(obs)
@@ -212,11 +206,8 @@ class RuleScheduler(AgentScheduler):
                 raise ValueError(f"unknown rule {name!r}; known: {', '.join(HEURISTIC_RULES)}")
             self.spec = AgentSpec()
             rule = HEURISTIC_RULES[name]
-        knobs = {k: v for k, v in (("token_budget", token_budget), ("kv_reserve", kv_reserve),
-                                   ("admit_threshold", admit_threshold)) if v is not None}
-        if knobs:
-            rule = Rule(rule.weights, **{"token_budget": rule.token_budget, "kv_reserve": rule.kv_reserve,
-                                         "admit_threshold": rule.admit_threshold, **knobs})
+        rule = replace(rule, **{k: v for k, v in (("token_budget", token_budget), ("kv_reserve", kv_reserve),
+                                                 ("admit_threshold", admit_threshold)) if v is not None})
         self.rule = rule
         super().__init__()
 

@@ -6,8 +6,8 @@
 
 The env alone: ``--decisions`` decisions of the default scenario (observation, rule decoding, the
 plan builder every engine step, the engine, the reward), one core. ``--ppo N``: ``N`` decisions
-of Stable-Baselines3 PPO with the shipped recipe's settings (``n_envs`` subprocess envs, n_steps,
-batch, epochs, gSDE, the (64, 64) networks), rollouts and updates included, no evaluation: the
+of Stable-Baselines3 PPO built by train/ppo.py's ``build_model`` (the shipped recipe: ``n_envs``
+subprocess envs, n_steps, batch, epochs, gSDE, the (64, 64) networks, the learning-rate schedule), rollouts and updates included, no evaluation: the
 figure of the issue's throughput goal (>= 1,000 decisions/s on 2 cores). Reports wall time and
 decisions/s; the engine steps each decision covers are counted from the env's ``info``.
 """
@@ -49,21 +49,18 @@ def bench_env(scenario: str, decisions: int, seed: int = 0) -> dict:
 
 
 def bench_ppo(scenario: str, decisions: int, n_envs: int, n_steps: int | None = None, seed: int = 0) -> dict:
+    import dataclasses
+
     import torch as th
-    from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     sys.path.insert(0, str(ROOT / "train"))
-    from ppo import Args, make_env
-    a = Args()
+    from ppo import Args, build_model, make_env
+    a = dataclasses.replace(Args(), scenario=scenario, n_envs=n_envs, n_steps=n_steps or Args().n_steps, seed=seed)
     th.set_num_threads(1)
     fns = [make_env(scenario, seed + i, a.reward_scale) for i in range(n_envs)]
     venv = SubprocVecEnv(fns, start_method="spawn") if n_envs > 1 else DummyVecEnv(fns)
-    model = PPO("MlpPolicy", venv, n_steps=n_steps or a.n_steps, batch_size=a.batch_size, n_epochs=a.n_epochs,
-                clip_range=a.clip_range, target_kl=a.target_kl, use_sde=a.use_sde, sde_sample_freq=a.sde_sample_freq,
-                policy_kwargs={"net_arch": {"pi": list(a.hidden), "vf": list(a.hidden)},
-                               "activation_fn": th.nn.Tanh, "log_std_init": a.log_std_init},
-                seed=seed, device="cpu", verbose=0)
+    model = build_model(a, venv)
     t = time.perf_counter()
     model.learn(decisions)
     dt = time.perf_counter() - t

@@ -85,8 +85,15 @@ def compare(policy: str, setting: str, schedulers, seeds, pool) -> dict:
     for r in pool.map(_job, jobs, chunksize=1):
         rows[r["scheduler"]].append(r)
     pol = rows.pop(specs[0])
-    out = {"setting": setting, "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds), "policy": _means(pol),
-           "heuristics": {}}
+    return {"setting": setting, "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds),
+            **paired_summary(pol, rows)}
+
+
+def paired_summary(pol: list[dict], rows: dict[str, list[dict]]) -> dict:
+    """Means of the policy's episode rows and of each heuristic's (same seeds, same order), the
+    paired differences policy - heuristic of return and SLO attainment with 95% t-intervals, and
+    the best heuristic by mean return (also train/ppo.py's final table)."""
+    out = {"policy": _means(pol), "heuristics": {}}
     for s, rs in rows.items():
         d_ret = t_interval([p["return"] - h["return"] for p, h in zip(pol, rs)])
         d_slo = t_interval([p["slo_attainment"] - h["slo_attainment"] for p, h in zip(pol, rs)])

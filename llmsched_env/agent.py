@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .priority import NUM_FEATURES, REQUEST_FEATURES, PriorityPlanner, Rule
-from .reward import SLOReward
+from .reward import TBT_MARGIN, SLOReward
 
 ACTION_FIELDS: tuple[str, ...] = (*(f"w_{n}" for n in REQUEST_FEATURES), "token_budget", "kv_reserve",
                                   "admit_threshold")
@@ -169,7 +169,7 @@ class SLOTracker:
                 continue
             if entry[0] == 0 and n >= 1 and tt[0] - r.arrival_s > r.ttft_slo_s:
                 entry[2] = True
-            tbt = r.tbt_slo_s * 1.000000001
+            tbt = r.tbt_slo_s * TBT_MARGIN
             for k in range(max(entry[0], 1), n):
                 if tt[k] - tt[k - 1] > tbt:
                     entry[1] += 1

@@ -16,20 +16,12 @@ from .metrics import summarize
 from .plan import BatchPlan
 from .presets import get_preset
 from .request import RequestSpec
-from .reward import SLOReward
+from .reward import SLOReward, objective
 from .scenarios import Scenario, get_scenario
 from .workload import WorkloadConfig, build_workload
 
 _HISTORY = 160  # decisions shown by render_mode="rgb_array"
 _COLOURS = np.array([[150, 80, 200], [60, 130, 220], [190, 190, 190]], dtype=np.uint8)
-
-
-def observation_space() -> spaces.Box:
-    return spaces.Box(OBS_LOW, OBS_HIGH, (len(OBS_FEATURES),), np.float32)
-
-
-def action_space() -> spaces.Box:
-    return spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
 
 class ServingEnv(gym.Env):
@@ -115,8 +107,8 @@ class ServingEnv(gym.Env):
         self.variant, self.engine_config, self.cost_model = self._variants[0]
         self.agent = AgentInterface(sc.agent)
         self.reward_fn = SLOReward(sc.lam, self.engine_config.num_gpus)
-        self.action_space = action_space()
-        self.observation_space = observation_space()
+        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, (len(OBS_FEATURES),), np.float32)
         self.engine: Optional[Engine] = None
         self.specs: list[RequestSpec] = []
         self._last_plan = BatchPlan()
@@ -221,7 +213,7 @@ class ServingEnv(gym.Env):
         m["scheduler"] = "env"  # the same keys as ``llmsched simulate --json``
         m["preset"] = self.scenario.preset
         rf = self.reward_fn
-        return {"metrics": m, "objective": m["num_slo_met"] - rf.lam * m["gpu_busy_s"],
+        return {"metrics": m, "objective": objective(m, rf.lam),
                 "return_slo": rf.slo_total, "return_gpu": rf.gpu_total, "reward_reconciled": rf.reconciled,
                 "total_engine_steps": self._steps, "decisions": self.agent.num_decisions}
 

@@ -28,10 +28,11 @@ tolerances in ``tests/test_priority.py``). Units: tokens, blocks, seconds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 from .plan import BatchPlan
+from .request import RUNNING
 
 #: Per-request features, in the order of ``Rule.weights``. All are scale-free (flags, fractions,
 #: slack relative to the request's own target, log-lengths), so a rule means the same on a small
@@ -115,7 +116,7 @@ def request_features(req, now_s: float, rank: float, late: bool, due_slack_s: fl
         late: whether its SLO is already certainly missed (``agent.SLOTracker``).
         due_slack_s: theta x mean batch time, seconds (how early a decode counts as due).
     """
-    running = req.status == 1
+    running = req.status == RUNNING
     target = req.prefill_target
     computed = req.num_computed
     left = target - computed
@@ -180,7 +181,7 @@ class PriorityPlanner:
             tt = r.token_times
             is_late = late(r)
             s = w_rank * rank[i]
-            if r.status != 1:
+            if r.status != RUNNING:
                 s += w_wait
             elif left <= 0:
                 s += w_dec
@@ -323,10 +324,3 @@ HEURISTIC_RULES: dict[str, Rule] = {
     "slai": Rule.of({"decoding": -2, "due": 5, "tbt_slack": -0.1, "partial_prefill": 2.5, "waiting": 1.5,
                      "priority": -1, "prefill_left": -0.5}, token_budget=512),
 }
-
-
-def heuristic_rule(name: str, **knobs) -> Rule:
-    """A ``HEURISTIC_RULES`` entry, with knobs (token_budget, kv_reserve, admit_threshold) replaced."""
-    if name not in HEURISTIC_RULES:
-        raise KeyError(f"unknown rule {name!r}; known: {', '.join(HEURISTIC_RULES)}")
-    return replace(HEURISTIC_RULES[name], **knobs)

@@ -35,7 +35,13 @@ import math
 
 from .metrics import slo_met
 
-_MARGIN = 1.0 + 1e-9
+TBT_MARGIN = 1.0 + 1e-9  # a gap counts as over the TBT target only beyond rounding
+
+
+def objective(summary: dict, lam: float) -> float:
+    """The episode objective of a metrics summary: requests meeting their SLO - lambda x
+    GPU-seconds (``gpu_busy_s`` already counts every GPU of the replica)."""
+    return summary["num_slo_met"] - lam * summary["gpu_busy_s"]
 
 
 def true_output_len(req) -> int:
@@ -92,7 +98,7 @@ class SLOReward:
                     else:
                         alive[rid] = False
                 elif rid in credited and rid not in debited:
-                    if tt[-1] - tt[-2] > req.tbt_slo_s * _MARGIN:
+                    if tt[-1] - tt[-2] > req.tbt_slo_s * TBT_MARGIN:
                         c = self.over.get(rid, 0) + 1
                         self.over[rid] = c
                         need = self.need.get(rid)

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from agents.episodes import run_episode
 from llmsched_env.agent import AgentSpec
 from llmsched_env.priority import (HEURISTIC_RULES, NUM_FEATURES, REQUEST_FEATURES, PriorityPlanner, Rule,
-                                   heuristic_rule, request_features)
+                                   request_features)
 from llmsched_env.request import RequestSpec
+from llmsched_env.scheduler import make_scheduler
 from tests.conftest import make_engine
 
 RULES = st.builds(
@@ -104,8 +105,8 @@ def test_rule_validation_names_the_problem():
         Rule((0.0,) * NUM_FEATURES, kv_reserve=1.0)
     with pytest.raises(ValueError, match="unknown request feature"):
         Rule.of({"age": 1})
-    with pytest.raises(KeyError, match="unknown rule"):
-        heuristic_rule("nope")
+    with pytest.raises(ValueError, match="unknown rule"):
+        make_scheduler("rule:name=nope")
     assert len(REQUEST_FEATURES) == NUM_FEATURES == 15
 
 

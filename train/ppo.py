@@ -226,7 +226,7 @@ def _rule_return(job) -> float:
     from agents.policy import RuleScheduler
     action, seeds = job
     env = _W["env"]
-    sched = RuleScheduler(rule=env.agent.spec.rule_of(action))
+    sched = RuleScheduler(rule=env.agent.spec.rule_of(action), spec=env.agent.spec)
     return float(np.mean([run_episode(env.scenario, sched, s, env=env)["return"] for s in seeds]))
 
 
@@ -262,6 +262,21 @@ def make_env(scenario: str, seed: int, reward_scale: float):
         env.reset(seed=seed)
         return env
     return thunk
+
+
+def build_model(a: Args, venv, tensorboard_log: Optional[str] = None):
+    """SB3 PPO with the recipe's settings on ``venv`` (also what eval/bench_env.py times)."""
+    import torch as th
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.utils import LinearSchedule
+    lr = LinearSchedule(a.learning_rate, 0.0, 1.0) if a.lr_schedule == "linear" else a.learning_rate
+    return PPO("MlpPolicy", venv, learning_rate=lr, n_steps=a.n_steps, batch_size=a.batch_size,
+               n_epochs=a.n_epochs, gamma=a.gamma, gae_lambda=a.gae_lambda, clip_range=a.clip_range,
+               ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
+               target_kl=a.target_kl, use_sde=a.use_sde, sde_sample_freq=a.sde_sample_freq,
+               policy_kwargs={"net_arch": {"pi": list(a.hidden), "vf": list(a.hidden)},
+                              "activation_fn": th.nn.Tanh, "log_std_init": a.log_std_init},
+               tensorboard_log=tensorboard_log, seed=a.seed, verbose=0, device="cpu")
 
 
 def actor_of(model) -> "MLPActor":  # noqa: F821
@@ -328,7 +343,7 @@ def fit_critic(model, a: Args, rule, log) -> None:
 def evaluate(actor, spec, scenario: str, seeds) -> dict:
     from agents.episodes import run_episode
     from agents.policy import PPOScheduler
-    sched = PPOScheduler.from_actor(actor, spec)
+    sched = PPOScheduler(actor=actor, spec=spec)
     rows = [run_episode(scenario, sched, s) for s in seeds]
     return {"return": float(np.mean([r["return"] for r in rows])),
             "slo_attainment": float(np.mean([r["slo_attainment"] for r in rows]))}
@@ -338,7 +353,7 @@ def _final_job(job):
     from agents.episodes import run_episode
     from agents.policy import PPOScheduler
     scenario, name, payload, seed = job
-    sched = PPOScheduler.from_actor(*payload) if payload is not None else name
+    sched = PPOScheduler(actor=payload[0], spec=payload[1]) if payload is not None else name
     row = run_episode(scenario, sched, seed)
     row["scheduler"] = name
     return row
@@ -346,7 +361,6 @@ def _final_job(job):
 
 def final_table(a: Args, actor, spec, pool, deadline: Deadline, log) -> dict:
     """Policy vs ``final_schedulers`` on held-out seeds, paired differences with 95% CIs."""
-    from eval.stats import t_interval
     names = ["policy", *a.final_schedulers]
     rows: dict[str, list] = {n: [] for n in names}
     round_s = 0.0
@@ -359,22 +373,11 @@ def final_table(a: Args, actor, spec, pool, deadline: Deadline, log) -> dict:
         for r in pool.map(_final_job, jobs):
             rows[r["scheduler"]].append(r)
         round_s = time.monotonic() - t
+    from eval.policy_vs_heuristics import paired_summary
     n_done = len(rows["policy"])
-    heuristics = [n for n in names if n != "policy"]
-    best = max(heuristics, key=lambda n: np.mean([r["return"] for r in rows[n]])) if n_done else None
-    table = {}
-    for n in names:
-        ret = [r["return"] for r in rows[n]]
-        entry = {"return": float(np.mean(ret)) if ret else float("nan"),
-                 "slo_attainment": float(np.mean([r["slo_attainment"] for r in rows[n]])) if ret else float("nan"),
-                 "gpu_busy_s": float(np.mean([r["gpu_busy_s"] for r in rows[n]])) if ret else float("nan")}
-        if n != "policy" and n_done >= 2:
-            diff = [p["return"] - h["return"] for p, h in zip(rows["policy"], rows[n])]
-            entry["policy_minus_it"] = t_interval(diff).to_dict()
-        table[n] = entry
+    res = paired_summary(rows.pop("policy"), rows) if n_done else {"policy": {}, "heuristics": {}, "best": None}
     return {"scenario": a.final_scenario, "episodes": n_done, "seeds": f"{HELD_OUT_SEED}..{HELD_OUT_SEED + n_done - 1}",
-            "best_heuristic": best,
-            "schedulers": table}
+            "best_heuristic": res["best"], "schedulers": {"policy": res["policy"], **res["heuristics"]}}
 
 
 def print_table(result: dict) -> None:
@@ -384,8 +387,8 @@ def print_table(result: dict) -> None:
     for col in ("scheduler", "return", "SLO attain.", "GPU-s", "policy - it [95% CI]"):
         t.add_column(col, justify="right" if col != "scheduler" else "left")
     for name, e in result["schedulers"].items():
-        d = e.get("policy_minus_it")
-        ci = f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d else ""
+        d = e.get("policy_minus_return")
+        ci = f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d and d["n"] >= 2 else ""
         t.add_row(name, f"{e['return']:.2f}", f"{e['slo_attainment']:.3f}", f"{e['gpu_busy_s']:.1f}", ci)
     Console(width=120).print(t)
 
@@ -408,7 +411,6 @@ def main(argv=None) -> dict:
     import torch as th
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.utils import LinearSchedule
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     from agents.policy import save_policy
@@ -427,20 +429,13 @@ def main(argv=None) -> dict:
         venv.seed(a.seed)
         ckpt = out / "checkpoint" / "model.zip"
         ckpt.parent.mkdir(exist_ok=True)
-        lr = LinearSchedule(a.learning_rate, 0.0, 1.0) if a.lr_schedule == "linear" else a.learning_rate
         if a.resume:
             if not ckpt.is_file():
                 raise SystemExit(f"--resume: no checkpoint at {ckpt}; run without --resume first")
             model = PPO.load(ckpt, env=venv, tensorboard_log=str(out / "tb"))
             log(f"resumed from {ckpt} at {model.num_timesteps} decisions")
         else:
-            model = PPO("MlpPolicy", venv, learning_rate=lr, n_steps=a.n_steps, batch_size=a.batch_size,
-                        n_epochs=a.n_epochs, gamma=a.gamma, gae_lambda=a.gae_lambda, clip_range=a.clip_range,
-                        ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
-                        target_kl=a.target_kl, use_sde=a.use_sde, sde_sample_freq=a.sde_sample_freq,
-                        policy_kwargs={"net_arch": {"pi": list(a.hidden), "vf": list(a.hidden)},
-                                       "activation_fn": th.nn.Tanh, "log_std_init": a.log_std_init},
-                        tensorboard_log=str(out / "tb"), seed=a.seed, verbose=0, device="cpu")
+            model = build_model(a, venv, tensorboard_log=str(out / "tb"))
             if a.init_rule != "none":
                 rule = HEURISTIC_RULES[a.init_rule]
                 start = spec.action_of(rule)
