@@ -37,6 +37,8 @@ import math
 import multiprocessing as mp
 import sys
 import time
+
+_START = time.monotonic()  # run as a script, --time-limit counts from here, imports included
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, Optional
@@ -197,10 +199,13 @@ def check_args(a: Args) -> None:
 
 
 class Deadline:
-    """The ``--time-limit`` of the whole command."""
+    """The ``--time-limit`` of the whole command, from ``t0`` (monotonic seconds)."""
 
-    def __init__(self, limit_s: Optional[float]):
-        self.t0 = time.monotonic()
+    #: seconds kept for what follows the final table: saving, closing the pools and environments
+    RESERVE_S = 3.0
+
+    def __init__(self, limit_s: Optional[float], t0: Optional[float] = None):
+        self.t0 = time.monotonic() if t0 is None else t0
         self.limit_s = limit_s
 
     def left(self) -> float:
@@ -300,7 +305,9 @@ def set_actor_bias(model, action: np.ndarray) -> None:
 
 
 def fit_critic(model, a: Args, rule, log) -> None:
-    """Fit the value head to the discounted (scaled) returns of ``rule``'s own episodes."""
+    """Fit the value head to the discounted (scaled) returns of ``rule``'s own episodes (the start
+    rule's, also after the search: the shipped recipe was trained so; the searched rule returns a
+    few percent more, which PPO's first value updates absorb)."""
     import torch as th
 
     from llmsched_env.env import ServingEnv
@@ -365,7 +372,7 @@ def final_table(a: Args, actor, spec, pool, deadline: Deadline, log) -> dict:
     rows: dict[str, list] = {n: [] for n in names}
     round_s = 0.0
     for k in range(a.final_episodes):
-        if deadline.left() < 1.5 * round_s:
+        if deadline.left() < 1.5 * round_s + Deadline.RESERVE_S:
             log(f"final table: cut to {k} episodes by --time-limit")
             break
         t = time.monotonic()
@@ -387,15 +394,18 @@ def print_table(result: dict) -> None:
     for col in ("scheduler", "return", "SLO attain.", "GPU-s", "policy - it [95% CI]"):
         t.add_column(col, justify="right" if col != "scheduler" else "left")
     for name, e in result["schedulers"].items():
+        if "return" not in e:  # no episode fitted in the time left
+            continue
         d = e.get("policy_minus_return")
         ci = f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d and d["n"] >= 2 else ""
         t.add_row(name, f"{e['return']:.2f}", f"{e['slo_attainment']:.3f}", f"{e['gpu_busy_s']:.1f}", ci)
     Console(width=120).print(t)
 
 
-def main(argv=None) -> dict:
+def main(argv=None, t0: Optional[float] = None) -> dict:
+    """The whole run; ``t0`` (monotonic s) is when the ``--time-limit`` clock started (default: now)."""
     a = parse_args(argv)
-    deadline = Deadline(a.time_limit)
+    deadline = Deadline(a.time_limit, t0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.yaml").write_text(yaml.safe_dump(
@@ -453,7 +463,7 @@ def main(argv=None) -> dict:
         val_seeds = [VALIDATION_SEED + k for k in range(a.eval_episodes)]
         curve_path = out / "curve.csv"
         best = {"return": -math.inf}
-        ppo_end = deadline.share(0.9)
+        ppo_end = deadline.share(0.85)
 
         class Monitor(BaseCallback):
             def __init__(self):
@@ -534,4 +544,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(t0=_START)
