@@ -86,10 +86,11 @@ class InferMaxSRFScheduler(SarathiScheduler):
         return sorted(engine.running.values(), key=lambda r: (-r.num_computed, r.arrival_s, r.rid))
 
     def _admit_tokens(self, req) -> int:
+        own = super()._admit_tokens(req)
         if not self.reserve:
-            return req.prefill_target
+            return own
         h = self._hist.get(int(math.log2(req.prompt_len)))
         if h is None:
-            return req.prefill_target
+            return own
         # Capped at the cache size: an average can never block an otherwise admissible request for good.
-        return max(req.prefill_target, min(math.ceil(h[1] / h[0]), self._capacity_tokens))
+        return max(own, min(math.ceil(h[1] / h[0]), self._capacity_tokens))

@@ -10,7 +10,8 @@ runs (the authors' runs: S = 200, P = 10).
 
 Rules: the rank loop of ``baselines/ranked.py`` (chunked prefill, token budget = the engine's,
 lower-ranked running requests preempted when a higher-ranked one lacks KV or a slot; the source
-swaps them out, this engine recomputes), key (not boosted, score). The learned ranker is
+swaps them out: run the engine with ``preemption_mode="swap"`` (CLI ``--preemption-mode swap``) for
+that, the default recomputes), key (not boosted, score). The learned ranker is
 replaced by a length predictor (``baselines/length_predictor.py``, default ``auto``: the
 workload's predictions when present, else a simulated noisy predictor with lognormal error 0.5,
 which scores a long/short pair in the right order far more often than not, like the paper's

@@ -80,8 +80,9 @@ class SarathiScheduler:
         return unvisited.pop() if unvisited else req
 
     def _admit_tokens(self, req) -> int:
-        """Tokens whose blocks must be free for a waiting request to be admitted."""
-        return req.prefill_target
+        """Tokens whose blocks must be free for a waiting request to be admitted: its whole
+        prefill target (or its KV plus the next token, for one swapped out while decoding)."""
+        return max(req.prefill_target, req.num_computed + 1)
 
     def _future_tokens(self, req) -> int:
         """Tokens whose blocks a resident request holds (Sarathi: its whole prompt)."""
@@ -151,11 +152,11 @@ class SarathiScheduler:
         watermark = int(self.watermark * cfg.num_kv_blocks) if engine.running else 0
         for req in engine.iter_waiting():
             gate = -(-self._admit_tokens(req) // bs)
-            n = min(req.prefill_target, chunk - used)
+            n = min(req.tokens_owed, chunk - used)
             if pool - gate < watermark or resident >= cfg.max_num_seqs or n < 1:
                 break
             tokens[req.rid] = n
             used += n
             resident += 1
-            pool -= max(-(-self._future_tokens(req) // bs), -(-n // bs))
+            pool -= max(-(-self._future_tokens(req) // bs), -(-(req.num_computed + n) // bs))
         return BatchPlan(tokens, preempt)

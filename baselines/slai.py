@@ -177,8 +177,8 @@ class SLAIScheduler:
             req = queue[k]
             if req.rid in victims:
                 break
-            gate = -(-req.prefill_target // bs)
-            n = min(req.prefill_target, budget - used)
+            gate = -(-max(req.prefill_target, req.num_computed + 1) // bs)  # swapped out: its KV + 1
+            n = min(req.tokens_owed, budget - used)
             if pool - gate < reserve or resident >= cfg.max_num_seqs or n < 1:
                 break
             tokens[req.rid] = n

@@ -40,7 +40,7 @@ class TRTLLMMaxUtilScheduler(TRTLLMScheduler):
         while i < end:
             req = active[i]
             if req.status != RUNNING:
-                need = -(-req.prefill_target // bs)
+                need = -(-max(req.prefill_target, req.num_computed + 1) // bs)  # swapped out: KV + 1
             elif req.is_prefilling:
                 need = 0
             else:

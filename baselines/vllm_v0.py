@@ -18,6 +18,14 @@ Rules, per step:
    goes back to the head of the waiting queue; a request that is itself the newest preempts
    itself.
 
+With the engine's ``preemption_mode="swap"`` (vLLM v0's ``preemption_mode="swap"``) victims go to
+host memory (``Scheduler._preempt_by_swap``) and the source's swapped queue applies: while any
+request is swapped out no new prompt is admitted (``_schedule_default``: ``if not self.swapped``);
+after the decodes, if no request was preempted this step, swapped requests come back oldest
+first (``_schedule_swapped``) while their blocks plus the watermark fit (``can_swap_in``) and the
+budget lasts. A victim that does not fit the host space is recomputed by the engine (where vLLM v0
+aborts) and waits as a prompt.
+
 Prompts longer than the token budget: vLLM v0 refuses to start when ``max_num_batched_tokens <
 max_model_len`` (and drops longer prompts with a warning). Here such a prompt raises
 ``PromptExceedsBudget`` naming the request, never a silent drop; the presets' default budget
@@ -55,12 +63,15 @@ class VLLMV0Scheduler:
         full_budget = b.budget
         # Waived while nothing is resident, so a prompt that fits the cache is never blocked for good.
         watermark_blocks = int(self.watermark * engine.config.num_kv_blocks) if engine.running else 0
-        for req in engine.iter_waiting():
-            n = whole_prompt(req, full_budget, self.name)
-            if not b.try_add(req, n, reserve_blocks=watermark_blocks):
-                break
-        if b.tokens:
-            return b.plan()
+        swapped = ([r for r in engine.iter_waiting() if r.host_blocks]
+                   if getattr(engine.config, "preemption_mode", "recompute") == "swap" else [])
+        if not swapped:
+            for req in engine.iter_waiting():
+                n = whole_prompt(req, full_budget, self.name)
+                if not b.try_add(req, n, reserve_blocks=watermark_blocks):
+                    break
+            if b.tokens:
+                return b.plan()
 
         running = list(engine.running.values())
 
@@ -72,4 +83,9 @@ class VLLMV0Scheduler:
             req = running[i]
             if b.add_or_preempt(req, 1, newest):
                 i += 1
+        if swapped and not b.preempt:
+            # Oldest swapped out first (vLLM's swapped queue is FIFO); the queue lists them newest first.
+            for req in reversed(swapped):
+                if not b.try_add(req, req.tokens_owed, reserve_blocks=watermark_blocks):
+                    break
         return b.plan()

@@ -104,8 +104,8 @@ class VLLMV1Scheduler:
         for req in waiting:
             if budget <= 0 or num_resident >= cfg.max_num_seqs:
                 break
-            n = min(req.prefill_target, budget)
-            need = -(-n // bs)
+            n = min(req.tokens_owed, budget)  # a swapped-out request returns with its KV
+            need = -(-(req.num_computed + n) // bs) - req.num_blocks
             if need > free:
                 break
             tokens[req.rid] = n

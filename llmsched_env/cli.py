@@ -47,6 +47,8 @@ def print_summary(s: dict, title: str) -> None:
             ("GPU busy (GPU-s)", _fmt(s["gpu_busy_s"])),
             ("preemptions", str(s["num_preemptions"])),
             ("recomputed tokens", f"{s['recomputed_tokens']} ({s['recompute_fraction']:.1%})"),
+            *([("swap-outs / host copies", f"{s['num_swap_outs']} / {s['swapped_blocks']} blocks, "
+                f"{_fmt(s['transfer_s'])} s")] if s["num_swap_outs"] else []),
             ("throughput (tok/s)", _fmt(s["throughput_tok_s"])),
             ("KV use mean / peak", f"{s['kv_util_mean']:.1%} / {s['max_kv_blocks_used']}/{s['kv_capacity_blocks']} blocks"),
             ("engine steps", f"{s['num_steps']} ({_fmt(s['steps_per_s'])} steps/s, {s['wall_s']:.2f} s wall)")]

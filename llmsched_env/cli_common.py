@@ -55,6 +55,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-kv-blocks", type=int, help="override KV capacity, blocks")
     g.add_argument("--gpu-mem-util", type=float, help="GPU memory share for weights + KV (default 0.9)")
     g.add_argument("--block-size", type=int, help="KV block size, tokens (default 16)")
+    g.add_argument("--preemption-mode", choices=["recompute", "swap"],
+                   help="what a preemption does with the victim's KV (default recompute, vLLM's; swap: "
+                        "to host memory and back over the GPU's host link, as vLLM v0 can)")
+    g.add_argument("--swap-space", type=float, help="host memory for swapped-out KV, GiB per GPU "
+                   "(default 4, vLLM v0's --swap-space)")
 
 
 def parse_tiers(text: str) -> tuple[SLOClass, ...]:
@@ -108,8 +113,12 @@ def engine_overrides(a) -> dict:
     message naming the flag."""
     if a.block_size is not None and a.block_size < 1:  # the others are named by EngineConfig
         raise SystemExit(f"error: --block-size must be an integer >= 1 (got {a.block_size})")
+    swap = getattr(a, "swap_space", None)
+    if swap is not None and not 0 <= swap < float("inf"):
+        raise SystemExit(f"error: --swap-space must be a number of GiB >= 0 (got {swap})")
     return {"max_num_batched_tokens": a.token_budget, "max_num_seqs": a.max_num_seqs,
-            "num_kv_blocks": a.num_kv_blocks, "block_size": a.block_size}
+            "num_kv_blocks": a.num_kv_blocks, "block_size": a.block_size,
+            "preemption_mode": getattr(a, "preemption_mode", None), "swap_space_gib": swap}
 
 
 def write_json(obj, path: str | None) -> None:

@@ -15,6 +15,9 @@ from .plan import BatchPlan, PlanError
 from .request import FINISHED, RUNNING, STATUS_NAMES, WAITING, Request, RequestSpec
 
 
+PREEMPTION_MODES = ("recompute", "swap")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Limits of one model replica.
@@ -26,6 +29,17 @@ class EngineConfig:
         max_num_seqs: most requests resident (holding KV, i.e. running) at once, after a step.
         max_model_len: longest sequence (prompt + output) the model accepts, tokens.
         num_gpus: GPUs per replica (the tensor-parallel degree); GPU cost = busy s x num_gpus.
+        preemption_mode: what a preemption does with the victim's KV. "recompute" (vLLM's
+            default): the KV is dropped and recomputed when the request returns. "swap": the KV
+            moves to host memory and back when the request is next scheduled, each block costing
+            ``swap_s_per_block`` of the step's time each way (vLLM v0's ``preemption_mode="swap"``).
+            A victim whose blocks do not fit the host space left is recomputed instead (where
+            vLLM v0 aborts the server), and counted as a recompute.
+        swap_space_blocks: host-memory KV capacity for swapped-out requests, blocks (vLLM v0's
+            ``swap_space``, 4 GiB per GPU by default; the presets convert it).
+        swap_s_per_block: time to copy one KV block between GPU and host memory, seconds (one
+            direction; copies are serial with the batch, as vLLM v0's worker does them before
+            running the model).
     """
 
     num_kv_blocks: int
@@ -34,6 +48,9 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_model_len: int = 1 << 30
     num_gpus: int = 1
+    preemption_mode: str = "recompute"
+    swap_space_blocks: int = 0
+    swap_s_per_block: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,6 +59,17 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 problems.append(f"{name}={value!r} must be a positive integer")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            problems.append(f"preemption_mode={self.preemption_mode!r} must be one of "
+                            f"{', '.join(PREEMPTION_MODES)}")
+        if not isinstance(self.swap_space_blocks, int) or self.swap_space_blocks < 0:
+            problems.append(f"swap_space_blocks={self.swap_space_blocks!r} must be an integer >= 0")
+        elif self.preemption_mode == "swap" and self.swap_space_blocks == 0:
+            problems.append("preemption_mode='swap' needs swap_space_blocks >= 1 (host memory for "
+                            "swapped-out KV)")
+        if not (isinstance(self.swap_s_per_block, (int, float)) and 0 <= self.swap_s_per_block < float("inf")):
+            problems.append(f"swap_s_per_block={self.swap_s_per_block!r} must be a finite number "
+                            "of seconds >= 0")
         if problems:
             raise ValueError("impossible EngineConfig: " + "; ".join(problems))
 
@@ -66,20 +94,24 @@ class StepResult:
         num_tokens: tokens processed.
         emitted: ids of requests that emitted one output token at ``end_s``.
         finished: ids of requests that finished (subset of ``emitted``).
-        preempted: ids of requests preempted before the step.
-        admitted: ids of waiting requests that joined the batch.
+        preempted: ids of requests preempted before the step (swapped out or recomputed).
+        swapped_out: the subset of ``preempted`` whose KV went to host memory (swap mode).
+        admitted: ids of waiting requests that joined the batch (swapped-in ones included).
         idle: True when the plan processed no tokens (an empty plan jumps the clock to the next
-            arrival; a preempt-only plan takes no time).
+            arrival; a preempt-only plan takes only its swap-out time, none under recompute).
+        transfer_s: host-memory copy time inside the step (swap-outs and swap-ins), seconds.
     """
 
     __slots__ = ("start_s", "end_s", "latency_s", "num_tokens", "emitted", "finished",
-                 "preempted", "admitted", "idle", "shape")
+                 "preempted", "swapped_out", "admitted", "idle", "shape", "transfer_s")
 
     def __init__(self, start_s, end_s, num_tokens, emitted, finished, preempted, admitted, idle,
-                 shape):
+                 shape, swapped_out=(), transfer_s=0.0):
         self.start_s = start_s
         self.end_s = end_s
         self.latency_s = end_s - start_s if not idle else 0.0
+        self.swapped_out = list(swapped_out)
+        self.transfer_s = transfer_s
         self.num_tokens = num_tokens
         self.emitted = emitted
         self.finished = finished
@@ -131,6 +163,10 @@ class Engine:
         self.num_preemptions = 0
         self.recomputed_tokens = 0
         self.processed_tokens = 0
+        self.host_blocks = 0        # KV blocks of swapped-out requests in host memory
+        self.num_swap_outs = 0
+        self.swapped_blocks = 0     # blocks copied either way between GPU and host
+        self.transfer_s = 0.0       # host-copy time, seconds (included in busy_s)
         self.kv_block_seconds = 0.0  # integral of used blocks over busy time, block*s
         self.last_step_latency_s = 0.0
         self._admit_arrivals()
@@ -310,14 +346,25 @@ class Engine:
         # A plan is a mapping and a set: the outcome must not depend on their iteration order.
         # Victims are applied newest-admitted first, each re-queued at the head, so they end up
         # at the head of the waiting queue in admission order (vLLM's order for successive victims).
+        swapped_ids = []
+        moved = 0  # blocks copied to or from host memory this step
+        swap = cfg.preemption_mode == "swap"
         for rid in ([r for r in reversed(running) if r in preempt] if preempt else ()):
             req = running.pop(rid)
-            self.used_blocks -= req.num_blocks
-            self.recomputed_tokens += req.num_computed
-            req.recomputed_tokens += req.num_computed
+            nb = req.num_blocks
+            self.used_blocks -= nb
+            if swap and self.host_blocks + nb <= cfg.swap_space_blocks:
+                req.host_blocks = nb
+                self.host_blocks += nb
+                moved += nb
+                self.num_swap_outs += 1
+                swapped_ids.append(rid)
+            else:
+                self.recomputed_tokens += req.num_computed
+                req.recomputed_tokens += req.num_computed
+                req.num_computed = 0
+                req.prefill_target = req.prompt_len + req.num_generated
             req.num_blocks = 0
-            req.num_computed = 0
-            req.prefill_target = req.prompt_len + req.num_generated
             req.num_preemptions += 1
             req.status = WAITING
             self._waiting_preempted.appendleft(req)
@@ -326,14 +373,32 @@ class Engine:
 
         self.num_steps += 1
         if not batch:
-            # Idle: an empty plan waits for the next arrival; a preempt-only plan takes no time
-            # (its victims are runnable at once, so the clock must not skip ahead).
+            # Idle: an empty plan waits for the next arrival; a preempt-only plan takes only its
+            # swap-out copies (its victims are runnable at once, so the clock must not skip ahead).
             if not preempt:
                 self._jump_to_next_arrival()
+            elif moved:
+                transfer = moved * cfg.swap_s_per_block
+                self._account_transfer(moved, transfer)
+                self.busy_s += transfer
+                self.now_s = now + transfer
+                return StepResult(now, self.now_s, 0, [], [], preempted_ids, [], True, None,
+                                  swapped_ids, transfer)
             return StepResult(now, self.now_s, 0, [], [], preempted_ids, [], True, None)
 
         shape = BatchShape(total, n_prefill, sum_c, sum_c2, sum_ck, sum_k, n_decode, sum_kv, n_emit)
         latency = self.cost_model.batch_time(shape)
+        if admitted and self.host_blocks:
+            for req, _ in batch:
+                if req.host_blocks:  # swap in: its KV comes back from host memory
+                    moved += req.host_blocks
+                    self.host_blocks -= req.host_blocks
+                    req.host_blocks = 0
+        transfer = 0.0
+        if moved:
+            transfer = moved * cfg.swap_s_per_block
+            self._account_transfer(moved, transfer)
+            latency += transfer
         end = now + latency
         emitted = []
         finished = []
@@ -384,9 +449,12 @@ class Engine:
         if not running and not self._has_waiting():
             self._jump_to_next_arrival(stalled_ok=True)
         return StepResult(now, end, total, emitted, finished, preempted_ids, admitted_ids, False,
-                          shape)
+                          shape, swapped_ids, transfer)
 
     # -------------------------------------------------------------- internals
+    def _account_transfer(self, blocks: int, seconds: float) -> None:
+        self.swapped_blocks += blocks
+        self.transfer_s += seconds
     def _queue_position(self, req: Request) -> tuple:
         if req.rid in self._waiting_new:
             return (1, req.arrival_s, req.rid)

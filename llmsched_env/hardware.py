@@ -17,6 +17,8 @@ class GPUSpec:
         mem_bandwidth: HBM bandwidth, bytes/s.
         memory_bytes: HBM capacity, bytes.
         network: folder name under profiles/network for its all-reduce profile.
+        host_link_bandwidth: GPU <-> host-memory copy rate of one GPU, one direction, bytes/s
+            (what swapping KV to host memory runs at).
     """
 
     name: str
@@ -24,13 +26,16 @@ class GPUSpec:
     mem_bandwidth: float
     memory_bytes: float
     network: str
+    host_link_bandwidth: float = 25e9
 
 
+# Host links: PCIe Gen5 x16 (H100) and Gen4 x16 (A100) peak 64 and 32 GB/s per direction; the
+# rates below assume pinned-memory copies reach about 80% of that (not measured here).
 GPUS: dict[str, GPUSpec] = {
     # H100 SXM5 80GB: 989 TFLOP/s dense bf16, 3.35 TB/s.
-    "h100": GPUSpec("h100", 989e12, 3.35e12, 80e9, "h100_dgx"),
+    "h100": GPUSpec("h100", 989e12, 3.35e12, 80e9, "h100_dgx", host_link_bandwidth=51e9),
     # A100 SXM4 80GB: 312 TFLOP/s dense bf16, 2.04 TB/s.
-    "a100": GPUSpec("a100", 312e12, 2.039e12, 80e9, "a100_dgx"),
+    "a100": GPUSpec("a100", 312e12, 2.039e12, 80e9, "a100_dgx", host_link_bandwidth=25.6e9),
 }
 
 

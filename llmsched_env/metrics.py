@@ -9,7 +9,8 @@ Definitions (times in seconds):
     (numpy's linear interpolation; no gaps = met) <= its TBT target. SLO attainment = requests met /
     all requests of the workload (unfinished ones count as missed).
   * GPU busy seconds = sum of step latencies x GPUs per replica (InferMax's GPU-cost measure).
-  * Recomputed tokens: KV tokens thrown away by preemption (recompute waste).
+  * Recomputed tokens: KV tokens thrown away by preemption (recompute waste); under swap
+    preemption, swap-outs, blocks copied to and from host memory, and the copy time (in busy s).
   * KV utilisation: used blocks / capacity, averaged over busy time; peak in blocks.
 """
 from __future__ import annotations
@@ -115,6 +116,9 @@ def summarize(engines, wall_s: float = 0.0) -> dict:
         "recomputed_tokens": recomputed,
         "processed_tokens": processed,
         "recompute_fraction": recomputed / max(1, processed),
+        "num_swap_outs": sum(e.num_swap_outs for e in engines),
+        "swapped_blocks": sum(e.swapped_blocks for e in engines),
+        "transfer_s": sum(e.transfer_s for e in engines),
         "output_tokens": out_tokens,
         "makespan_s": makespan,
         "throughput_tok_s": out_tokens / makespan if makespan > 0 else float("nan"),

@@ -29,6 +29,9 @@ from .engine import EngineConfig
 from .hardware import GPUS, MODELS, GPUSpec, ModelShape, kv_capacity_blocks
 
 
+SWAP_SPACE_GIB = 4.0  # vLLM v0's default --swap-space, GiB of host memory per GPU
+
+
 @dataclass(frozen=True)
 class Preset:
     """A serving setup: model shape on a GPU type at a TP degree, with its cost model.
@@ -53,15 +56,25 @@ class Preset:
     provenance: str = ""
     extra: dict = field(default_factory=dict)
 
-    def engine_config(self, **overrides) -> EngineConfig:
-        """EngineConfig for this preset; keyword overrides (token budget, max_num_seqs, ...). A
-        ``block_size`` override alone keeps the KV capacity in tokens (fewer, larger blocks)."""
+    def engine_config(self, swap_space_gib: float | None = None, **overrides) -> EngineConfig:
+        """EngineConfig for this preset; keyword overrides (token budget, max_num_seqs,
+        preemption_mode, ...). A ``block_size`` override alone keeps the KV capacity in tokens
+        (fewer, larger blocks). ``swap_space_gib`` (GiB of host memory per GPU for swapped-out
+        KV, vLLM v0's ``--swap-space``) and the GPU's host link give the swap limits."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
         blocks = self.num_kv_blocks
         if "block_size" in overrides and "num_kv_blocks" not in overrides:
             blocks = self.num_kv_blocks * self.block_size // overrides["block_size"]
+        bs = overrides.get("block_size", self.block_size)
+        block_bytes = bs * self.shape.kv_bytes_per_token(self.tp)  # on each GPU
+        if swap_space_gib is None:
+            swap_space_gib = SWAP_SPACE_GIB
+        if not (isinstance(swap_space_gib, (int, float)) and 0 <= swap_space_gib < float("inf")):
+            raise ValueError(f"swap_space_gib={swap_space_gib!r} must be a number of GiB >= 0")
         base = dict(num_kv_blocks=blocks, block_size=self.block_size,
-                    max_model_len=self.shape.max_model_len, num_gpus=self.tp)
+                    max_model_len=self.shape.max_model_len, num_gpus=self.tp,
+                    swap_space_blocks=int(swap_space_gib * 2**30 // block_bytes),
+                    swap_s_per_block=block_bytes / self.gpu.host_link_bandwidth)
         base.update(overrides)
         return EngineConfig(**base)
 

@@ -277,8 +277,9 @@ class PriorityPlanner:
                     promise[rid] -= kept
                     promised -= kept
             elif admitting:
-                gate = -(-req.prefill_target // bs)
-                n = min(req.prefill_target, budget - used)
+                computed = req.num_computed  # > 0 for a request swapped out with its KV
+                gate = -(-max(req.prefill_target, computed + 1) // bs)
+                n = min(req.tokens_owed, budget - used)
                 if (score < threshold or free - promised - gate < reserve or resident >= cfg.max_num_seqs
                         or n < 1):
                     admitting = False
@@ -286,7 +287,7 @@ class PriorityPlanner:
                 tokens[rid] = n
                 used += n
                 resident += 1
-                taken = -(-n // bs)
+                taken = -(-(computed + n) // bs)
                 free -= taken
                 promised += gate - taken
                 reserve = int(rule.kv_reserve * cfg.num_kv_blocks)

@@ -62,14 +62,16 @@ class Request:
     Invariants (DESIGN.md): ``num_computed`` tokens have resident KV; the request is prefilling
     while ``num_computed < prefill_target``; in decode ``num_computed == prefill_target +
     num_generated - first_generated`` grows by one per step. After a recompute preemption
-    ``num_computed == 0`` and ``prefill_target == prompt_len + num_generated``.
+    ``num_computed == 0`` and ``prefill_target == prompt_len + num_generated``; after a swap-out
+    ``num_computed`` is kept, its KV lies in ``host_blocks`` host blocks and ``num_blocks == 0``
+    until the request is scheduled again (swapped in).
     """
 
     __slots__ = (
         "spec", "rid", "arrival_s", "prompt_len", "output_len", "ttft_slo_s", "tbt_slo_s",
         "priority", "predicted_output_len", "max_tokens",
         "status", "num_computed", "prefill_target", "num_generated", "num_blocks",
-        "num_preemptions", "recomputed_tokens", "token_times", "first_scheduled_s",
+        "num_preemptions", "recomputed_tokens", "host_blocks", "token_times", "first_scheduled_s",
         "last_scheduled_s", "finish_s", "admitted_s",
     )
 
@@ -91,6 +93,7 @@ class Request:
         self.num_blocks = 0
         self.num_preemptions = 0
         self.recomputed_tokens = 0
+        self.host_blocks = 0  # KV blocks in host memory while swapped out (swap mode)
         self.token_times: list[float] = []
         self.first_scheduled_s: Optional[float] = None
         self.last_scheduled_s: Optional[float] = None

@@ -31,7 +31,8 @@ def random_workload(seed: int, n: int = 24):
 
 def snapshot(engine):
     return (engine.now_s, engine.used_blocks, engine.num_steps, tuple(engine.running), engine.num_waiting,
-            tuple((r.rid, r.status, r.num_computed, r.prefill_target, r.num_generated, r.num_blocks)
+            tuple((r.rid, r.status, r.num_computed, r.prefill_target, r.num_generated, r.num_blocks,
+                   r.host_blocks)
                   for r in engine.requests.values()))
 
 
@@ -61,18 +62,24 @@ def buildable(name):
         pytest.skip(f"{name} needs options: {e}")
 
 
+SWAP = dict(preemption_mode="swap", swap_space_blocks=12, swap_s_per_block=1e-4)
+
+
 @pytest.mark.parametrize("name", available_schedulers())
-@pytest.mark.parametrize("seed,kv_blocks", [(0, 18), (1, 30), (2, 200)])
-def test_scheduler_keeps_engine_invariants(name, seed, kv_blocks):
+@pytest.mark.parametrize("seed,kv_blocks,mode", [(0, 18, {}), (1, 30, {}), (2, 200, {}), (3, 18, SWAP),
+                                                 (4, 30, SWAP)], ids=["0", "1", "2", "swap3", "swap4"])
+def test_scheduler_keeps_engine_invariants(name, seed, kv_blocks, mode):
     specs = random_workload(seed)
     eng = make_engine(specs, num_kv_blocks=kv_blocks, block_size=4, budget=BUDGET, max_seqs=6,
-                      max_model_len=BUDGET)
+                      max_model_len=BUDGET, **mode)
     cap = eng.config.num_kv_blocks
 
     def check(engine, plan, result):
         assert 0 <= engine.used_blocks <= cap
         assert engine.used_blocks == sum(r.num_blocks for r in engine.running.values())
         assert len(engine.running) <= engine.config.max_num_seqs
+        assert engine.host_blocks == sum(r.host_blocks for r in engine.requests.values())
+        assert engine.host_blocks <= engine.config.swap_space_blocks
 
     s = run(eng, Guarded(buildable(name)), max_steps=20_000, on_step=check)
     assert eng.done, f"{name} left {s['num_requests'] - s['num_finished']} requests unfinished"

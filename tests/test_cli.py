@@ -87,6 +87,7 @@ def test_oversize_drop_also_guards_kv_capacity(tmp_path):
     (["goodput", "--threshold", "2"], "--threshold"),
     (["simulate", "--block-size", "0"], "--block-size must be"),
     (["simulate", "--scheduler", "sarathi:token_budget=abc"], "token_budget='abc' must be int"),
+    (["simulate", "--swap-space", "-1"], "--swap-space must be"),
 ])
 def test_impossible_inputs_exit_2_with_a_message_naming_them(argv, words, capsys):
     from llmsched_env.cli import main
@@ -104,3 +105,17 @@ def test_a_trace_with_a_utf8_bom_keeps_its_columns(tmp_path):
     (tmp_path / "t.csv").write_text("\ufeff" + text, encoding="utf-8")
     t = load_trace(str(tmp_path / "t.csv"))
     assert t.arrival_s is not None and list(t.prompt_len) == [10, 20]
+
+
+def test_simulate_with_swap_preemption_reports_the_host_copies(tmp_path):
+    out = tmp_path / "s.json"
+    argv = ["simulate", "--scheduler", "vllm-v0", "--synthetic", "--lengths", "fixed", "--prompt-len", "200",
+            "--output-len", "200", "--num-requests", "40", "--arrival", "poisson", "--rate", "50",
+            "--num-kv-blocks", "200", "--no-progress", "--json", str(out)]
+    assert main([*argv, "--preemption-mode", "swap"]) == 0
+    s = json.loads(out.read_text())
+    assert s["num_finished"] == 40 and s["num_swap_outs"] > 0 and s["recomputed_tokens"] == 0
+    assert s["transfer_s"] > 0 and s["swapped_blocks"] > 0
+    assert main(argv) == 0
+    r = json.loads(out.read_text())
+    assert r["num_swap_outs"] == 0 and r["recomputed_tokens"] > 0
