@@ -17,6 +17,9 @@ chunked prefill:
    every few steps (measured on splitwise_conv, 1000 requests, rate scale 4, 3000 KV blocks:
    2.1e5 preemptions and 55x FCFS's GPU time for EDF) -- the rank then only decides admission
    order, who runs when the budget is short, and the victims of a resident's KV shortage.
+   Under swap preemption (``EngineConfig.preemption_mode="swap"``) a waiting request displaces
+   only residents whose KV fits the host space left, so displaced requests are swapped, never
+   recomputed.
 3. Progress guard: if that leaves nothing to run while requests are resident, the lowest-ranked
    running request is preempted even if protected, so the engine never stalls.
 
@@ -70,6 +73,11 @@ class RankedScheduler:
         order = [t[3] for t in keyed]
         rank = {r.rid: i for i, r in enumerate(order)}
         admitting = True
+        cfg = engine.config
+        # Under swap preemption a waiting request displaces only residents whose KV fits the
+        # host space left: one the engine would recompute instead would make displacing thrash.
+        host_room = (cfg.swap_space_blocks - engine.host_blocks
+                     if getattr(cfg, "preemption_mode", "recompute") == "swap" else None)
         for req in order:
             if b.budget <= 0:
                 break
@@ -91,11 +99,15 @@ class RankedScheduler:
                     if rank[v.rid] <= my_rank or (freed >= need and len(victims) >= seat):
                         break
                     if v.status == RUNNING and v.rid not in b.preempt and self.preemptible(v):
+                        if waiting and host_room is not None and v.num_blocks > host_room - (freed - b.free):
+                            continue
                         victims.append(v)
                         freed += v.num_blocks
                 if freed < need or len(victims) < seat:
                     admitting = admitting and not waiting
                     continue
+                if host_room is not None:
+                    host_room -= freed - b.free
                 for v in victims:
                     b.evict(v)
             b.add(req, n)

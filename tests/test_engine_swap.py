@@ -124,3 +124,18 @@ def test_swap_saves_recompute_on_a_memory_bound_run():
     assert rec.num_preemptions > 0 and rec.recomputed_tokens > 0
     assert swp.num_swap_outs > 0 and swp.recomputed_tokens == 0 and swp.transfer_s > 0
     assert swp.processed_tokens < rec.processed_tokens
+
+
+def test_ranked_displacement_only_swaps_never_recomputes():
+    """Under swap a waiting request displaces only residents whose KV fits the host space left:
+    with a host too small for any victim, fastserve's displacement plans exactly as displace=false."""
+    def go(spec_name, host):
+        eng = make_engine(_memory_bound(16), num_kv_blocks=30, budget=64, max_seqs=8,
+                          preemption_mode="swap", swap_space_blocks=host, swap_s_per_block=1e-4)
+        run(eng, make_scheduler(spec_name), max_steps=10_000)
+        return eng
+
+    roomy = go("fastserve", 64)
+    assert roomy.num_swap_outs > 0
+    tiny, off = go("fastserve", 1), go("fastserve:displace=false", 1)
+    assert (tiny.num_preemptions, tiny.busy_s) == (off.num_preemptions, off.busy_s)
