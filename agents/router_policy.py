@@ -1,7 +1,7 @@
 """The learned router: a trained PPO policy over ``llmsched_env.routing_env`` observations, as a
 cluster ``Router`` (registered as ``learned``), and its save/load format.
 
-A router directory (written by ``train/route_ppo.py``; the shipped one is ``agents/zoo/router``)
+A router directory (written by ``train/ppo.py --scenario routing``; the shipped one is ``agents/zoo/router``)
 holds
   * ``router.yaml``: the number of replicas, the network's layer sizes, the training command
     and its result;
@@ -54,7 +54,7 @@ def load_router_policy(directory: str | Path):
     for f in ("router.pt", "router.yaml"):
         if not (d / f).is_file():
             raise FileNotFoundError(f"{d} is not a router directory: it needs router.pt and router.yaml "
-                                    "(written by train/route_ppo.py)")
+                                    "(written by train/ppo.py --scenario routing)")
     try:
         meta = yaml.safe_load((d / "router.yaml").read_text())
         R, arch = int(meta["num_replicas"]), [int(x) for x in meta["net_arch"]]

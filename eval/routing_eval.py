@@ -2,6 +2,8 @@
 
     python eval/routing_eval.py --router agents/zoo/router --episodes 20 [--workers 2] [--json out.json]
 
+(``train/ppo.py --scenario routing`` ends with the same table on its own router.)
+
 Each episode is the workload ``RoutingEnv.reset(seed)`` serves (seeds 10,000.. by default;
 training uses lower seeds), run by each router on the same cluster (R replicas of the env's
 preset and scheduler). Reported per router: mean SLO attainment, and the paired difference
@@ -25,7 +27,7 @@ from llmsched_env.router import heuristic_routers  # noqa: E402
 from llmsched_env.runner import run_jobs  # noqa: E402
 
 
-def _episode(job: tuple) -> dict:
+def episode_attainment(job: tuple) -> dict:
     """Attainment of every router on the workload of one reset seed."""
     seed, routers, replicas, scheduler = job
     from llmsched_env.cluster import Cluster
@@ -39,9 +41,32 @@ def _episode(job: tuple) -> dict:
     return out
 
 
+def compare_routers(eps: list[dict], routers: list[str], learned: str) -> dict:
+    """Per router: mean attainment, the paired difference learned - router and the load
+    imbalance over the episodes, each with its 95% t-interval."""
+    rows = {}
+    for r in routers:
+        att = [e[r]["slo_attainment"] for e in eps]
+        diff = t_interval([e[learned]["slo_attainment"] - x for e, x in zip(eps, att)])
+        rows[r] = {"attainment": t_interval(att).to_dict(), "learned_minus": diff.to_dict(),
+                   "load_imbalance": t_interval([e[r]["load_imbalance"] for e in eps]).to_dict()}
+    return rows
+
+
+def print_routers(rows: dict, learned: str, title: str) -> None:
+    t = Table(title=title, header_style="bold")
+    for c in ("router", "SLO attainment", "learned - router [95% CI]", "imbalance"):
+        t.add_column(c, justify="right")
+    for r, v in rows.items():
+        d = v["learned_minus"]
+        t.add_row(r, f"{v['attainment']['mean']:.4f}", "-" if r == learned or d["n"] < 2 else
+                  f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]", f"{v['load_imbalance']['mean']:.3f}")
+    Console(width=140).print(t)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--router", default="agents/zoo/router", help="a router directory (train/route_ppo.py)")
+    ap.add_argument("--router", default="agents/zoo/router", help="a router directory (train/ppo.py --scenario routing)")
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--first-seed", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=1)
@@ -53,22 +78,10 @@ def main(argv=None) -> int:
     routers = [learned] + heuristic_routers()
     jobs = [(a.first_seed + i, routers, int(meta["num_replicas"]), meta.get("scheduler", "sarathi"))
             for i in range(a.episodes)]
-    eps = run_jobs(_episode, jobs, workers=a.workers, label="episodes")
-    rows = {}
-    for r in routers:
-        att = [e[r]["slo_attainment"] for e in eps]
-        diff = t_interval([e[learned]["slo_attainment"] - x for e, x in zip(eps, att)])
-        rows[r] = {"attainment": t_interval(att).to_dict(), "learned_minus": diff.to_dict(),
-                   "load_imbalance": t_interval([e[r]["load_imbalance"] for e in eps]).to_dict()}
-    t = Table(title=f"{meta['num_replicas']} x {meta.get('scheduler')}: {a.episodes} held-out episodes "
-                    f"(seeds {a.first_seed}..)", header_style="bold")
-    for c in ("router", "SLO attainment", "learned - router [95% CI]", "imbalance"):
-        t.add_column(c, justify="right")
-    for r, v in rows.items():
-        d = v["learned_minus"]
-        t.add_row(r, f"{v['attainment']['mean']:.4f}", "-" if r == learned else
-                  f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]", f"{v['load_imbalance']['mean']:.3f}")
-    Console(width=140).print(t)
+    eps = run_jobs(episode_attainment, jobs, workers=a.workers, label="episodes")
+    rows = compare_routers(eps, routers, learned)
+    print_routers(rows, learned, f"{meta['num_replicas']} x {meta.get('scheduler')}: {a.episodes} held-out "
+                  f"episodes (seeds {a.first_seed}..)")
     if a.json:
         Path(a.json).write_text(json.dumps({"routers": rows, "episodes": eps, "ci": CI_METHOD,
                                             "seeds": [j[0] for j in jobs], "router_meta": meta}, indent=1))

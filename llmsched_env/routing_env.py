@@ -180,6 +180,11 @@ class RoutingEnv(gym.Env):
             cfg = cfg.with_(seed=int(self.np_random.integers(2 ** 31)))
         return build_workload(cfg)
 
+    @property
+    def current_request(self):
+        """The arrival the next ``step`` routes (None once the episode has ended)."""
+        return self._request
+
     def episode_workload(self, seed: int) -> list:
         """The requests ``reset(seed=seed)`` serves (for running other routers on them)."""
         super().reset(seed=seed)

@@ -3,6 +3,7 @@
     python train/ppo.py                                  # the shipped recipe (agents/zoo/default)
     python train/ppo.py --config train/configs/demo.yaml # `make run`: a cut of it, minutes
     python train/ppo.py --total-steps 20000 --init-rule none
+    python train/ppo.py --scenario routing               # a learned router (agents/zoo/router)
     tensorboard --logdir runs
 
 Every knob is a field of ``Args`` (its default is the shipped recipe); the CLI is that dataclass
@@ -25,6 +26,11 @@ Stages, top to bottom:
      ``eval/slo_attainment``, ``time/decisions_per_s``; the best so far is kept as ``policy_best/``.
   5. **Final table**: the final policy (``policy/``) against ``final_schedulers`` on held-out
      seeds (10000 + k) of ``final_scenario``, printed and written to ``results.json``.
+
+``--scenario routing`` trains a router on ``llmsched/Routing-v0`` through the same stages where
+they apply (train/configs/routing.yaml): the start point is a heuristic router cloned from its
+decisions (``init_router``), PPO with the same monitor, and the final table puts the learned
+router against every heuristic router on held-out seeds; it writes ``router/`` and ``router_best/``.
 
 ``--time-limit`` bounds the whole command: each stage stops at its share of the limit and the
 final table is cut to what fits. ``--resume`` continues a run from its last checkpoint.
@@ -127,10 +133,25 @@ class Args:
     """scenario of the final table (the README's first row; mixed episodes differ too much in
     size for 8 paired episodes to say much)"""
     final_schedulers: tuple[str, ...] = ("fcfs", "sarathi", "vllm-v1:policy=priority", "slai")
+    # --- the routing scenario (--scenario routing: a learned router on llmsched/Routing-v0)
+    replicas: int = 4
+    """replicas of the routing cluster"""
+    replica_scheduler: str = "sarathi"
+    """every replica's engine scheduler"""
+    init_router: str = "kv-aware"
+    """heuristic router cloned before PPO (none: a fresh network)"""
+    clone_episodes: int = 30
+    """training episodes of the cloned router's decisions"""
+    clone_epochs: int = 30
+    """passes over them (cross-entropy, Adam)"""
+    final_routers: tuple[str, ...] = ()
+    """routers of the routing final table (empty: every heuristic router)"""
 
 
 VALIDATION_SEED = 5000
 HELD_OUT_SEED = 10_000
+ROUTING = "routing"  # the scenario that trains a router instead of an engine scheduler
+ROUTING_CONFIG = ROOT / "train" / "configs" / "routing.yaml"
 
 
 def load_config(path: str) -> dict:
@@ -147,47 +168,47 @@ def load_config(path: str) -> dict:
     unknown = sorted(set(doc) - known)
     if unknown:
         raise SystemExit(f"--config {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
-    for k in ("hidden", "final_schedulers"):
+    for k in ("hidden", "final_schedulers", "final_routers"):
         if k in doc and isinstance(doc[k], list):
             doc[k] = tuple(doc[k])
     return doc
 
 
+def _flag(argv: list[str], name: str) -> Optional[str]:
+    for i, tok in enumerate(argv):
+        if tok == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith(name + "="):
+            return tok.split("=", 1)[1]
+    return None
+
+
 def parse_args(argv=None) -> Args:
+    """Args from the CLI over ``--config``'s file over the defaults; ``--scenario routing``
+    without a config starts from train/configs/routing.yaml (the routing recipe)."""
     import tyro
     argv = list(sys.argv[1:] if argv is None else argv)
     default = Args()
-    for i, tok in enumerate(argv):
-        if tok == "--config" and i + 1 < len(argv) or tok.startswith("--config="):
-            path = argv[i + 1] if tok == "--config" else tok.split("=", 1)[1]
-            default = replace(default, config=path, **load_config(path))
-            break
+    path = _flag(argv, "--config")
+    if path is None and _flag(argv, "--scenario") == ROUTING:
+        path = str(ROUTING_CONFIG)
+    if path is not None:
+        default = replace(default, config=path, **load_config(path))
     a = tyro.cli(Args, args=argv, default=default)
     check_args(a)
     return a
 
 
 def check_args(a: Args) -> None:
-    from llmsched_env.priority import HEURISTIC_RULES
-    from llmsched_env.scenarios import list_scenarios
-    errs = []
-    for name in ("scenario", "final_scenario"):
-        if getattr(a, name) not in list_scenarios():
-            errs.append(f"{name} {getattr(a, name)!r} is unknown; known: {', '.join(list_scenarios())}")
-    if a.init_rule != "none" and a.init_rule not in HEURISTIC_RULES:
-        errs.append(f"init_rule {a.init_rule!r}: use none or one of {', '.join(HEURISTIC_RULES)}")
-    if a.init_rule == "none" and a.search_generations:
-        errs.append("init_rule none starts from a fresh network; the search needs a start rule "
-                    "(set --search-generations 0)")
-    for name in ("total_steps", "search_generations", "value_episodes", "value_epochs", "final_episodes"):
+    errs = (_routing_errors(a) if a.scenario == ROUTING else _scheduler_errors(a))
+    for name in ("total_steps", "value_episodes", "value_epochs", "final_episodes", "clone_episodes",
+                 "clone_epochs"):
         if getattr(a, name) < 0:
             errs.append(f"{name}={getattr(a, name)} must be >= 0")
     for name in ("n_envs", "n_steps", "batch_size", "n_epochs", "eval_interval", "eval_episodes",
-                 "checkpoint_interval", "search_popsize", "search_episodes", "workers"):
+                 "checkpoint_interval", "workers"):
         if getattr(a, name) < 1:
             errs.append(f"{name}={getattr(a, name)} must be >= 1")
-    if a.search_popsize < 2:
-        errs.append("search_popsize must be >= 2 (CMA-ES needs two candidates)")
     if not 0 < a.gamma <= 1 or not 0 <= a.gae_lambda <= 1:
         errs.append("gamma must be in (0, 1] and gae_lambda in [0, 1]")
     if a.time_limit is not None and a.time_limit <= 0:
@@ -196,6 +217,47 @@ def check_args(a: Args) -> None:
         errs.append(f"hidden={a.hidden} must be one or more layer sizes >= 1")
     if errs:
         raise SystemExit("train/ppo.py: invalid arguments:\n  - " + "\n  - ".join(errs))
+
+
+def _scheduler_errors(a: Args) -> list[str]:
+    from llmsched_env.priority import HEURISTIC_RULES
+    from llmsched_env.scenarios import list_scenarios
+    errs = []
+    for name in ("scenario", "final_scenario"):
+        if getattr(a, name) not in list_scenarios():
+            errs.append(f"{name} {getattr(a, name)!r} is unknown; known: {ROUTING}, "
+                        f"{', '.join(list_scenarios())}")
+    if a.init_rule != "none" and a.init_rule not in HEURISTIC_RULES:
+        errs.append(f"init_rule {a.init_rule!r}: use none or one of {', '.join(HEURISTIC_RULES)}")
+    if a.init_rule == "none" and a.search_generations:
+        errs.append("init_rule none starts from a fresh network; the search needs a start rule "
+                    "(set --search-generations 0)")
+    if a.search_generations < 0:
+        errs.append(f"search_generations={a.search_generations} must be >= 0")
+    if a.search_popsize < 2 or a.search_episodes < 1:
+        errs.append("search_popsize must be >= 2 (CMA-ES needs two candidates) and search_episodes >= 1")
+    return errs
+
+
+def _routing_errors(a: Args) -> list[str]:
+    from llmsched_env.router import heuristic_routers
+    from llmsched_env.scheduler import make_scheduler
+    errs = []
+    if a.replicas < 1:
+        errs.append(f"replicas={a.replicas} must be >= 1")
+    if a.init_router != "none" and a.init_router not in heuristic_routers():
+        errs.append(f"init_router {a.init_router!r}: use none or one of {', '.join(heuristic_routers())}")
+    unknown = [r for r in a.final_routers if r not in heuristic_routers()]
+    if unknown:
+        errs.append(f"final_routers {unknown} unknown; known: {', '.join(heuristic_routers())}")
+    if a.use_sde:
+        errs.append("the routing action is discrete: use --no-use-sde (train/configs/routing.yaml, "
+                    "the default for --scenario routing, does)")
+    try:
+        make_scheduler(a.replica_scheduler)
+    except (KeyError, ValueError, TypeError) as e:
+        errs.append(f"replica_scheduler {a.replica_scheduler!r}: {e}")
+    return errs
 
 
 class Deadline:
@@ -402,6 +464,234 @@ def print_table(result: dict) -> None:
     Console(width=120).print(t)
 
 
+# ------------------------------------------------------------------ the routing scenario
+def make_routing_env(a: Args, seed: int):
+    def thunk():
+        import gymnasium as gym
+
+        from llmsched_env.routing_env import RoutingEnv
+        env = RoutingEnv(num_replicas=a.replicas, scheduler=a.replica_scheduler)
+        env = gym.wrappers.TransformReward(env, lambda r: r * a.reward_scale)
+        env.reset(seed=seed)
+        return env
+    return thunk
+
+
+def clone_router(policy, a: Args, until: float, log) -> dict:
+    """Fit ``policy``'s action head to ``init_router``'s decisions on ``clone_episodes`` training
+    episodes (reset seeds seed*1000+100_000..; cross-entropy, Adam); returns the fit's summary."""
+    import torch as th
+
+    from llmsched_env.router import make_router
+    from llmsched_env.routing_env import RoutingEnv
+    env = RoutingEnv(num_replicas=a.replicas, scheduler=a.replica_scheduler)
+    router = make_router(a.init_router)
+    obs, acts = [], []
+    episodes = 0
+    for ep in range(a.clone_episodes):
+        if time.monotonic() > until:
+            log(f"cloning: cut to {ep} episodes by --time-limit")
+            break
+        episodes += 1
+        o, _ = env.reset(seed=a.seed * 1000 + 100_000 + ep)
+        router.reset(env.cluster)
+        done = False
+        while not done:
+            act = router.route(env.current_request, env.cluster).replica
+            obs.append(o)
+            acts.append(act)
+            o, _, done, _, _ = env.step(act)
+    if not obs:
+        return {"router": a.init_router, "episodes": 0, "samples": 0}
+    x = th.as_tensor(np.asarray(obs))
+    y = th.as_tensor(np.asarray(acts))
+    opt = th.optim.Adam(policy.parameters(), lr=1e-3)
+    gen = th.Generator().manual_seed(a.seed)
+    for _ in range(a.clone_epochs):
+        perm = th.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 256):
+            idx = perm[i:i + 256]
+            _, logp, _ = policy.evaluate_actions(x[idx], y[idx])
+            loss = -logp.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with th.no_grad():
+        pred = policy.get_distribution(x).distribution.logits.argmax(-1)
+    return {"router": a.init_router, "episodes": episodes, "epochs": a.clone_epochs,
+            "samples": len(x), "agreement": float((pred == y).float().mean())}
+
+
+def evaluate_router_model(model, a: Args, seeds) -> dict:
+    """The SB3 router's deterministic return (met - missed) and SLO attainment on ``seeds``."""
+    from llmsched_env.routing_env import RoutingEnv
+    env = RoutingEnv(num_replicas=a.replicas, scheduler=a.replica_scheduler)
+    rets, atts = [], []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        done, ret = False, 0.0
+        while not done:
+            act, _ = model.predict(obs, deterministic=True)
+            obs, r, done, _, info = env.step(int(act))
+            ret += r
+        rets.append(ret)
+        atts.append(info["metrics"]["slo_attainment"])
+    return {"return": float(np.mean(rets)), "slo_attainment": float(np.mean(atts))}
+
+
+def final_routing_table(a: Args, router_dir: Path, pool, deadline: Deadline, log) -> dict:
+    """The learned router against ``final_routers`` on held-out seeds (10000 + k): each round
+    runs every router on the same ``workers`` workloads; paired 95% t-intervals."""
+    from eval.routing_eval import compare_routers, episode_attainment
+    from llmsched_env.router import heuristic_routers
+    learned = f"learned:path={router_dir}"
+    routers = [learned, *(a.final_routers or heuristic_routers())]
+    eps: list = []
+    round_s = 0.0
+    while len(eps) < a.final_episodes:
+        if deadline.left() < 1.5 * round_s + Deadline.RESERVE_S:
+            log(f"final table: cut to {len(eps)} episodes by --time-limit")
+            break
+        t = time.monotonic()
+        k = len(eps)
+        jobs = [(HELD_OUT_SEED + k + i, routers, a.replicas, a.replica_scheduler)
+                for i in range(min(a.workers, a.final_episodes - k))]
+        eps.extend(pool.map(episode_attainment, jobs))
+        round_s = time.monotonic() - t
+    return {"scenario": ROUTING, "episodes": len(eps), "seeds": f"{HELD_OUT_SEED}..{HELD_OUT_SEED + len(eps) - 1}",
+            "learned": learned, "routers": compare_routers(eps, routers, learned) if eps else {}}
+
+
+def train_router(a: Args, deadline: Deadline, out: Path, log) -> dict:
+    """``--scenario routing``: clone ``init_router``, then PPO on llmsched/Routing-v0; writes
+    ``router/`` (and ``router_best/``), the same logs as the scheduler run, and the final table."""
+    import torch as th
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from agents.router_policy import save_router
+    from eval.routing_eval import print_routers
+
+    th.manual_seed(a.seed)
+    th.set_num_threads(1)
+    summary: dict = {"args": asdict(a), "stages": {}}
+    pool = mp.get_context("spawn").Pool(a.workers)
+    arch = list(a.hidden)
+    meta = {"scheduler": a.replica_scheduler, "env": "llmsched/Routing-v0", "seed": a.seed,
+            "command": "python train/ppo.py " + " ".join(sys.argv[1:])}
+    try:
+        env_fns = [make_routing_env(a, a.seed * 1000 + i) for i in range(a.n_envs)]
+        venv = SubprocVecEnv(env_fns, start_method="spawn") if a.n_envs > 1 else DummyVecEnv(env_fns)
+        venv.seed(a.seed)
+        ckpt = out / "checkpoint" / "model.zip"
+        ckpt.parent.mkdir(exist_ok=True)
+        if a.resume:
+            if not ckpt.is_file():
+                raise SystemExit(f"--resume: no checkpoint at {ckpt}; run without --resume first")
+            model = PPO.load(ckpt, env=venv, tensorboard_log=str(out / "tb"))
+            log(f"resumed from {ckpt} at {model.num_timesteps} decisions")
+        else:
+            model = build_model(a, venv, tensorboard_log=str(out / "tb"))
+            if a.init_router != "none":
+                t = time.monotonic()
+                bc = clone_router(model.policy, a, deadline.share(0.3), log)
+                summary["stages"]["clone"] = {"seconds": time.monotonic() - t, **bc}
+                meta["behaviour_cloning"] = bc
+                log(f"cloned {a.init_router}: {bc['samples']} decisions"
+                    + (f", agreement {bc['agreement']:.3f}" if bc["samples"] else ""))
+        val_seeds = [VALIDATION_SEED + k for k in range(a.eval_episodes)]
+        monitor = make_monitor(
+            a, lambda model: evaluate_router_model(model, a, val_seeds),
+            lambda model, res: save_router(model.policy, out / "router_best", a.replicas, arch,
+                                           {**meta, "decisions": model.num_timesteps, **res}),
+            out, ckpt, deadline.share(0.85), log)
+        t = time.monotonic()
+        left = a.total_steps - (model.num_timesteps if a.resume else 0)
+        if left > 0:
+            model.learn(left, callback=monitor, reset_num_timesteps=not a.resume, tb_log_name="ppo")
+            if monitor.last_eval != model.num_timesteps:
+                monitor._evaluate()
+        ppo_s = time.monotonic() - t
+        model.save(ckpt)
+        venv.close()
+        router_dir = save_router(model.policy, out / "router", a.replicas, arch,
+                                 {**meta, "steps": int(model.num_timesteps), "train_wall_s": round(ppo_s, 1),
+                                  "validation_best": monitor.best})
+        summary["stages"]["ppo"] = {"seconds": ppo_s, "decisions": int(model.num_timesteps),
+                                    "best": monitor.best}
+        result = final_routing_table(a, router_dir, pool, deadline, log)
+        summary["final"] = result
+        (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+        if result["routers"]:
+            print_routers(result["routers"], result["learned"],
+                          f"{a.replicas} x {a.replica_scheduler}, held-out episodes (seeds {result['seeds']}): "
+                          "learned router vs heuristic routers")
+        log(f"router saved to {router_dir} (best on validation: {out / 'router_best'}); "
+            f"results in {out / 'results.json'}")
+        return summary
+    finally:
+        pool.terminate()
+
+
+def make_monitor(a: Args, evaluate_model, save_best, out: Path, ckpt: Path, stop_at: float, log):
+    """The PPO callback: validation every ``eval_interval`` decisions (``evaluate_model(model)`` ->
+    {"return", "slo_attainment"}; curve.csv, TensorBoard ``eval/*``, the best kept by
+    ``save_best(model, res)``, ``.best``), a checkpoint every ``checkpoint_interval``, and the
+    stop at ``stop_at`` (monotonic s, the --time-limit share of PPO)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    curve_path = out / "curve.csv"
+
+    class Monitor(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.t0 = time.monotonic()
+            self.n0 = 0
+            self.next_eval = 0
+            self.next_ckpt = a.checkpoint_interval
+            self.last_eval = -1
+            self.best = {"return": -math.inf}
+
+        def _on_training_start(self):
+            self.n0 = self.num_timesteps
+            self.next_eval = self.num_timesteps
+            self._evaluate()
+
+        def _evaluate(self):
+            res = evaluate_model(self.model)
+            fresh = not curve_path.exists()
+            with open(curve_path, "a", newline="") as f:
+                w = csv.writer(f)
+                if fresh:
+                    w.writerow(["decisions", "return", "slo_attainment"])
+                w.writerow([self.num_timesteps, f"{res['return']:.4f}", f"{res['slo_attainment']:.4f}"])
+            self.logger.record("eval/return", res["return"])
+            self.logger.record("eval/slo_attainment", res["slo_attainment"])
+            best = self.best
+            if res["return"] > best["return"]:
+                best.update(res, decisions=self.num_timesteps)
+                save_best(self.model, res)
+            self.next_eval += a.eval_interval
+            self.last_eval = self.num_timesteps
+            log(f"eval @ {self.num_timesteps:7d} decisions: return {res['return']:7.2f}  SLO "
+                f"{res['slo_attainment']:.3f}  (best {best['return']:.2f} @ {best['decisions']})")
+
+        def _on_step(self) -> bool:
+            n = self.num_timesteps
+            if n >= self.next_eval:
+                dt = time.monotonic() - self.t0
+                self.logger.record("time/decisions_per_s", (n - self.n0) / max(dt, 1e-9))
+                self._evaluate()
+            if n >= self.next_ckpt:
+                self.model.save(ckpt)
+                self.next_ckpt += a.checkpoint_interval
+            if time.monotonic() > stop_at:
+                log(f"PPO: stopped by --time-limit at {n} decisions")
+                return False
+            return True
+
+    return Monitor()
+
+
 def main(argv=None, t0: Optional[float] = None) -> dict:
     """The whole run; ``t0`` (monotonic s) is when the ``--time-limit`` clock started (default: now)."""
     a = parse_args(argv)
@@ -418,9 +708,14 @@ def main(argv=None, t0: Optional[float] = None) -> dict:
         log_file.write(line + "\n")
         log_file.flush()
 
+    if a.scenario == ROUTING:
+        try:
+            return train_router(a, deadline, out, log)
+        finally:
+            log_file.close()
+
     import torch as th
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     from agents.policy import save_policy
@@ -461,61 +756,17 @@ def main(argv=None, t0: Optional[float] = None) -> dict:
                 if a.value_episodes:
                     fit_critic(model, a, rule, log)
         val_seeds = [VALIDATION_SEED + k for k in range(a.eval_episodes)]
-        curve_path = out / "curve.csv"
-        best = {"return": -math.inf}
-        ppo_end = deadline.share(0.85)
 
-        class Monitor(BaseCallback):
-            def __init__(self):
-                super().__init__()
-                self.t0 = time.monotonic()
-                self.n0 = 0
-                self.next_eval = 0
-                self.next_ckpt = a.checkpoint_interval
-                self.last_eval = -1
+        def save_best(model, res):
+            save_policy(out / "policy_best", actor_of(model), spec,
+                        {"stage": "ppo", "decisions": model.num_timesteps, **res})
 
-            def _on_training_start(self):
-                self.n0 = self.num_timesteps
-                self.next_eval = self.num_timesteps
-                self._evaluate()
-
-            def _evaluate(self):
-                t = time.monotonic()
-                res = evaluate(actor_of(self.model), spec, a.scenario, val_seeds)
-                fresh = not curve_path.exists()
-                with open(curve_path, "a", newline="") as f:
-                    w = csv.writer(f)
-                    if fresh:
-                        w.writerow(["decisions", "return", "slo_attainment"])
-                    w.writerow([self.num_timesteps, f"{res['return']:.4f}", f"{res['slo_attainment']:.4f}"])
-                self.logger.record("eval/return", res["return"])
-                self.logger.record("eval/slo_attainment", res["slo_attainment"])
-                if res["return"] > best["return"]:
-                    best.update(res, decisions=self.num_timesteps)
-                    save_policy(out / "policy_best", actor_of(self.model), spec,
-                                {"stage": "ppo", "decisions": self.num_timesteps, **res})
-                self.next_eval += a.eval_interval
-                self.last_eval = self.num_timesteps
-                log(f"eval @ {self.num_timesteps:7d} decisions: return {res['return']:7.2f}  SLO "
-                    f"{res['slo_attainment']:.3f}  (best {best['return']:.2f} @ {best['decisions']})")
-
-            def _on_step(self) -> bool:
-                n = self.num_timesteps
-                if n >= self.next_eval:
-                    dt = time.monotonic() - self.t0
-                    self.logger.record("time/decisions_per_s", (n - self.n0) / max(dt, 1e-9))
-                    self._evaluate()
-                if n >= self.next_ckpt:
-                    self.model.save(ckpt)
-                    self.next_ckpt += a.checkpoint_interval
-                if time.monotonic() > ppo_end:
-                    log(f"PPO: stopped by --time-limit at {n} decisions")
-                    return False
-                return True
+        monitor = make_monitor(a, lambda model: evaluate(actor_of(model), spec, a.scenario, val_seeds),
+                               save_best, out, ckpt, deadline.share(0.85), log)
+        best = monitor.best
 
         t = time.monotonic()
         left = a.total_steps - (model.num_timesteps if a.resume else 0)
-        monitor = Monitor()
         if left > 0:
             model.learn(left, callback=monitor, reset_num_timesteps=not a.resume, tb_log_name="ppo")
             if monitor.last_eval != model.num_timesteps:
