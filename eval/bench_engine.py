@@ -3,7 +3,7 @@
     python eval/bench_engine.py [--scheduler fcfs] [--preset h100-llama3-8b] [--repeat 3]
 
 Prints wall seconds and engine steps per second (best of --repeat), measured on one core (the
-simulation is single-threaded). Goal (issue 2): under 15 s with FCFS.
+simulation is single-threaded). Goal: 60k steps/s with FCFS (see docs/commands.md for the numbers).
 """
 from __future__ import annotations
 

@@ -285,7 +285,7 @@ class Engine:
         admitted = 0
         n_prefill = n_decode = n_emit = 0
         sum_c = sum_c2 = sum_ck = sum_k = sum_kv = 0
-        batch: list[tuple[Request, int]] = []
+        batch: list[tuple[Request, int, int]] = []  # (request, tokens, its blocks after the step)
         for rid, n in tokens.items():
             req = requests.get(rid)
             if req is None or req.status == FINISHED:
@@ -320,8 +320,9 @@ class Engine:
             if req.status == WAITING:
                 admitted += 1
             total += n
-            delta_blocks += -(-(k + n) // bs) - req.num_blocks
-            batch.append((req, n))
+            nb = -(-(k + n) // bs)
+            delta_blocks += nb - req.num_blocks
+            batch.append((req, n, nb))
 
         if total > cfg.max_num_batched_tokens:
             violations.append(f"token budget: {total} tokens > max_num_batched_tokens "
@@ -389,7 +390,7 @@ class Engine:
         shape = BatchShape(total, n_prefill, sum_c, sum_c2, sum_ck, sum_k, n_decode, sum_kv, n_emit)
         latency = self.cost_model.batch_time(shape)
         if admitted and self.host_blocks:
-            for req, _ in batch:
+            for req, _, _ in batch:
                 if req.host_blocks:  # swap in: its KV comes back from host memory
                     moved += req.host_blocks
                     self.host_blocks -= req.host_blocks
@@ -403,10 +404,10 @@ class Engine:
         emitted = []
         finished = []
         admitted_ids = []
-        used = self.used_blocks
+        used = blocks_after  # less what finishing requests free
         if admitted:
             # Admitted requests join ``running`` in waiting-queue order, whatever the plan's order.
-            joining = [req for req, _ in batch if req.status == WAITING]
+            joining = [req for req, _, _ in batch if req.status == WAITING]
             if len(joining) > 1:
                 joining.sort(key=self._queue_position)
             for req in joining:
@@ -416,14 +417,12 @@ class Engine:
                 admitted_ids.append(req.rid)
                 if req.admitted_s is None:
                     req.admitted_s = now
-        for req, n in batch:
+        for req, n, nb in batch:
             if req.first_scheduled_s is None:
                 req.first_scheduled_s = now
             req.last_scheduled_s = now
             k = req.num_computed + n
             req.num_computed = k
-            nb = -(-k // bs)
-            used += nb - req.num_blocks
             req.num_blocks = nb
             if k >= req.prefill_target:
                 req.num_generated += 1

@@ -1,9 +1,12 @@
-"""Metrics on a hand-computed run."""
+"""Metrics on a hand-computed run; the per-request P99 matches numpy's."""
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmsched_env import BatchPlan
 from llmsched_env.cost_model import LinearCostModel
-from llmsched_env.metrics import SUMMARY_KEYS, request_metrics, summarize
+from llmsched_env.metrics import SUMMARY_KEYS, percentile_linear, request_metrics, summarize
 from tests.conftest import make_engine, spec
 
 
@@ -39,3 +42,10 @@ def test_gpu_cost_counts_every_gpu():
     eng = make_engine([spec(0, prompt=4, output=1)], num_gpus=4, cost=LinearCostModel(base_s=0.5, per_token_s=0))
     eng.step(BatchPlan({0: 4}))
     assert summarize(eng)["gpu_busy_s"] == pytest.approx(2.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=300),
+       st.sampled_from([0.5, 0.9, 0.99, 0.0, 1.0]))
+def test_percentile_linear_is_numpys_bit_for_bit(values, q):
+    assert percentile_linear(sorted(values), q) == float(np.percentile(values, 100 * q))
