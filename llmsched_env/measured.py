@@ -41,7 +41,27 @@ from scipy.optimize import nnls
 
 from .cost_model import BatchShape, PiecewiseLinear
 from .hardware import GPUS, GPUSpec, ModelShape, kv_capacity_blocks
-from .profiling import CSV_COLUMNS, MANIFEST_JSON, MEASUREMENTS_CSV, SHAPE_FIELDS, write_measurements
+
+# The measurement format (what llmsched_env/profiling.py writes and this module reads).
+SHAPE_FIELDS = list(BatchShape._fields)
+CSV_COLUMNS = (["kind"] + SHAPE_FIELDS +
+               ["seconds", "layers_timed", "seconds_fewer", "layers_fewer", "seconds_full_model",
+                "model_layers", "repetitions", "device", "composition"])
+MEASUREMENTS_CSV = "measurements.csv"
+MANIFEST_JSON = "manifest.json"
+
+
+def write_measurements(out: Path | str, rows: Sequence[dict]) -> Path:
+    """Write rows (dicts with ``CSV_COLUMNS``) to ``out/measurements.csv``; floats at full precision."""
+    path = Path(out) / MEASUREMENTS_CSV
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
 
 PRESET_FORMAT = "llmsched-measured-preset/1"
 KINDS = ("prefill", "decode", "mixed")

@@ -31,7 +31,6 @@ CUDA events (GPU time, eager mode, no CUDA graphs); on CPU by ``time.perf_counte
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -39,17 +38,12 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 from .cost_model import BatchShape
 from .hardware import MODELS, ModelShape
+from .measured import CSV_COLUMNS, MANIFEST_JSON, write_measurements  # the format this tool writes
 
-SHAPE_FIELDS = list(BatchShape._fields)
-CSV_COLUMNS = (["kind"] + SHAPE_FIELDS +
-               ["seconds", "layers_timed", "seconds_fewer", "layers_fewer", "seconds_full_model",
-                "model_layers", "repetitions", "device", "composition"])
-MEASUREMENTS_CSV = "measurements.csv"
-MANIFEST_JSON = "manifest.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,18 +537,6 @@ def profile(cfg: ProfileConfig, timer: Callable | None = None) -> dict:
     }
     (out / MANIFEST_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def write_measurements(out: Path | str, rows: Sequence[dict]) -> Path:
-    """Write rows (dicts with ``CSV_COLUMNS``) to ``out/measurements.csv``; floats at full precision."""
-    path = Path(out) / MEASUREMENTS_CSV
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

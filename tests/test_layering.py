@@ -31,3 +31,13 @@ def test_every_builtin_name_resolves_to_its_registered_class():
     from llmsched_env.scheduler import BUILTIN, scheduler_class
     for name in BUILTIN:
         assert scheduler_class(name).name == name
+
+
+def test_the_profiler_is_a_tool_nothing_imports():
+    """profiling writes the measurement format that measured.py owns; no other module loads it."""
+    mods = _modules_after("import llmsched_env.measured, llmsched_env.presets, llmsched_env.cli\n"
+                          "from llmsched_env.presets import get_preset; get_preset('h100-llama3-8b')")
+    out = subprocess.run([sys.executable, "-c", "import llmsched_env.measured, llmsched_env.presets, sys\n"
+                          "print('llmsched_env.profiling' in sys.modules)"],
+                         check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    assert out == "False" and "torch" not in mods

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from llmsched_env import cli, profiling
+from llmsched_env import cli, measured, profiling
 from llmsched_env.cost_model import BatchShape, PiecewiseLinear
 from llmsched_env.hardware import ModelShape
 from llmsched_env.measured import (MeasuredAttention, MeasuredCostModel, MeasurementError, calibrate_measurements,
@@ -61,7 +61,7 @@ def test_profile_writes_measurements_and_manifest(real_run):
     assert len(rows) == len(grid) == m["grid"]["compositions"]
     assert {r["kind"] for r in rows} == {"prefill", "decode", "mixed"}
     for r, comp in zip(rows, grid):
-        assert BatchShape(*(int(r[f]) for f in profiling.SHAPE_FIELDS)) == comp.shape
+        assert BatchShape(*(int(r[f]) for f in measured.SHAPE_FIELDS)) == comp.shape
         assert r["composition"] == comp.label
         assert float(r["seconds"]) > 0 and float(r["seconds_fewer"]) > 0
         assert (int(r["layers_timed"]), int(r["layers_fewer"]), int(r["model_layers"])) == (4, 2, 4)
