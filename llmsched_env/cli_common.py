@@ -58,6 +58,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preemption-mode", choices=["recompute", "swap"],
                    help="what a preemption does with the victim's KV (default recompute, vLLM's; swap: "
                         "to host memory and back over the GPU's host link, as vLLM v0 can)")
+    g.add_argument("--prefix-caching", action="store_true", default=None,
+                   help="cache freed full KV blocks by content (LRU), as vLLM v1's automatic prefix "
+                        "caching: a preempted request or a conversation's next turn reuses them")
     g.add_argument("--swap-space", type=float, help="host memory for swapped-out KV, GiB per GPU "
                    "(default 4, vLLM v0's --swap-space)")
 
@@ -118,7 +121,8 @@ def engine_overrides(a) -> dict:
         raise SystemExit(f"error: --swap-space must be a number of GiB >= 0 (got {swap})")
     return {"max_num_batched_tokens": a.token_budget, "max_num_seqs": a.max_num_seqs,
             "num_kv_blocks": a.num_kv_blocks, "block_size": a.block_size,
-            "preemption_mode": getattr(a, "preemption_mode", None), "swap_space_gib": swap}
+            "preemption_mode": getattr(a, "preemption_mode", None), "swap_space_gib": swap,
+            "prefix_caching": getattr(a, "prefix_caching", None)}
 
 
 def write_json(obj, path: str | None) -> None:

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from .cost_model import BatchShape, CostModel
 from .plan import BatchPlan, PlanError
+from .prefix_cache import PrefixCache
 from .request import FINISHED, RUNNING, STATUS_NAMES, WAITING, Request, RequestSpec
 
 
@@ -40,6 +41,9 @@ class EngineConfig:
         swap_s_per_block: time to copy one KV block between GPU and host memory, seconds (one
             direction; copies are serial with the batch, as vLLM v0's worker does them before
             running the model).
+        prefix_caching: keep freed full blocks cached by content (LRU) so a request that needs
+            them again starts with them computed (vLLM v1's automatic prefix caching, see
+            ``prefix_cache.py``): a waiting request's ``num_computed`` is its cache hit.
     """
 
     num_kv_blocks: int
@@ -51,6 +55,7 @@ class EngineConfig:
     preemption_mode: str = "recompute"
     swap_space_blocks: int = 0
     swap_s_per_block: float = 0.0
+    prefix_caching: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -167,6 +172,8 @@ class Engine:
         self.num_swap_outs = 0
         self.swapped_blocks = 0     # blocks copied either way between GPU and host
         self.transfer_s = 0.0       # host-copy time, seconds (included in busy_s)
+        self.prefix_hit_tokens = 0  # tokens admitted with their KV found in the prefix cache
+        self._prefix = PrefixCache(config.block_size) if config.prefix_caching else None
         self.kv_block_seconds = 0.0  # integral of used blocks over busy time, block*s
         self.last_step_latency_s = 0.0
         self._admit_arrivals()
@@ -363,8 +370,12 @@ class Engine:
             else:
                 self.recomputed_tokens += req.num_computed
                 req.recomputed_tokens += req.num_computed
+                dropped = req.num_computed
                 req.num_computed = 0
                 req.prefill_target = req.prompt_len + req.num_generated
+                if self._prefix is not None:
+                    self._prefix.release(req, dropped)
+                    self._reuse(req)
             req.num_blocks = 0
             req.num_preemptions += 1
             req.status = WAITING
@@ -389,9 +400,12 @@ class Engine:
 
         shape = BatchShape(total, n_prefill, sum_c, sum_c2, sum_ck, sum_k, n_decode, sum_kv, n_emit)
         latency = self.cost_model.batch_time(shape)
+        swapped_in = ()
         if admitted and self.host_blocks:
+            swapped_in = set()
             for req, _, _ in batch:
                 if req.host_blocks:  # swap in: its KV comes back from host memory
+                    swapped_in.add(req.rid)
                     moved += req.host_blocks
                     self.host_blocks -= req.host_blocks
                     req.host_blocks = 0
@@ -417,6 +431,9 @@ class Engine:
                 admitted_ids.append(req.rid)
                 if req.admitted_s is None:
                     req.admitted_s = now
+                if self._prefix is not None and req.rid not in swapped_in:
+                    self._prefix.claim(req, req.num_computed)
+                    self.prefix_hit_tokens += req.num_computed
         for req, n, nb in batch:
             if req.first_scheduled_s is None:
                 req.first_scheduled_s = now
@@ -433,6 +450,9 @@ class Engine:
                     req.finish_s = end
                     used -= nb
                     req.num_blocks = 0
+                    if self._prefix is not None:
+                        self._prefix.release(req, k)
+                        self._prefix.forget(req)
                     del running[req.rid]
                     self.finished.append(req)
                     finished.append(req.rid)
@@ -441,6 +461,11 @@ class Engine:
         if blocks_after > self.max_used_blocks:
             self.max_used_blocks = blocks_after
         self.used_blocks = used
+        if self._prefix is not None:
+            excess = len(self._prefix) - (cfg.num_kv_blocks - used)
+            if excess > 0:  # the step's allocations took cached blocks: least recently freed first
+                for req, tokens in self._prefix.evict(excess):
+                    req.num_computed = tokens
         self.busy_s += latency
         self.last_step_latency_s = latency
         self.now_s = end
@@ -451,6 +476,13 @@ class Engine:
                           shape, swapped_ids, transfer)
 
     # -------------------------------------------------------------- internals
+    def _reuse(self, req: Request) -> None:
+        """Start waiting ``req`` (no KV anywhere) from its prefix-cache hit."""
+        hit = self._prefix.lookup(req)
+        if hit:
+            req.num_computed = hit
+            self._prefix.hold(req)
+
     def _account_transfer(self, blocks: int, seconds: float) -> None:
         self.swapped_blocks += blocks
         self.transfer_s += seconds
@@ -475,6 +507,8 @@ class Engine:
                 req.max_tokens = max_len - req.prompt_len
             self.requests[req.rid] = req
             self._waiting_new[req.rid] = req
+            if self._prefix is not None and req.spec.prefix_group is not None:
+                self._reuse(req)
             i += 1
         self._next_arrival = i
 

@@ -10,7 +10,8 @@ Definitions (times in seconds):
     all requests of the workload (unfinished ones count as missed).
   * GPU busy seconds = sum of step latencies x GPUs per replica (InferMax's GPU-cost measure).
   * Recomputed tokens: KV tokens thrown away by preemption (recompute waste); under swap
-    preemption, swap-outs, blocks copied to and from host memory, and the copy time (in busy s).
+    preemption, swap-outs, blocks copied to and from host memory, and the copy time (in busy s);
+    with prefix caching, the tokens admitted with their KV found cached (not recomputed).
   * KV utilisation: used blocks / capacity, averaged over busy time; peak in blocks.
 """
 from __future__ import annotations
@@ -140,6 +141,7 @@ def summarize(engines, wall_s: float = 0.0) -> dict:
         "num_swap_outs": sum(e.num_swap_outs for e in engines),
         "swapped_blocks": sum(e.swapped_blocks for e in engines),
         "transfer_s": sum(e.transfer_s for e in engines),
+        "prefix_hit_tokens": sum(e.prefix_hit_tokens for e in engines),
         "output_tokens": out_tokens,
         "makespan_s": makespan,
         "throughput_tok_s": out_tokens / makespan if makespan > 0 else float("nan"),

@@ -63,11 +63,13 @@ def buildable(name):
 
 
 SWAP = dict(preemption_mode="swap", swap_space_blocks=12, swap_s_per_block=1e-4)
+PREFIX = dict(prefix_caching=True)
 
 
 @pytest.mark.parametrize("name", available_schedulers())
 @pytest.mark.parametrize("seed,kv_blocks,mode", [(0, 18, {}), (1, 30, {}), (2, 200, {}), (3, 18, SWAP),
-                                                 (4, 30, SWAP)], ids=["0", "1", "2", "swap3", "swap4"])
+                                                 (4, 30, SWAP), (5, 18, PREFIX), (6, 30, {**SWAP, **PREFIX})],
+                         ids=["0", "1", "2", "swap3", "swap4", "prefix5", "swap-prefix6"])
 def test_scheduler_keeps_engine_invariants(name, seed, kv_blocks, mode):
     specs = random_workload(seed)
     eng = make_engine(specs, num_kv_blocks=kv_blocks, block_size=4, budget=BUDGET, max_seqs=6,
@@ -85,6 +87,8 @@ def test_scheduler_keeps_engine_invariants(name, seed, kv_blocks, mode):
     assert eng.done, f"{name} left {s['num_requests'] - s['num_finished']} requests unfinished"
     assert all(r.num_generated == r.output_len and len(r.token_times) == r.output_len for r in eng.finished)
     assert eng.used_blocks == 0 and not eng.running
+    base = sum(x.prompt_len + x.output_len - 1 for x in specs)
+    assert eng.processed_tokens == base + eng.recomputed_tokens - eng.prefix_hit_tokens
 
 
 @pytest.mark.parametrize("name", available_schedulers())
