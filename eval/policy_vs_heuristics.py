@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 from pathlib import Path
 
@@ -78,15 +77,24 @@ def _job(job) -> dict:
     return row
 
 
-def compare(policy: str, setting: str, schedulers, seeds, pool) -> dict:
+def compare(policy: str, settings: list[str], schedulers, seeds, workers: int = 1, ray: bool = False,
+            ray_address: str | None = None) -> list[dict]:
+    """Per setting, the policy and every scheduler on the same seeds (one episode per job, through
+    ``llmsched_env.runner``: local spawn pool or Ray), summarised by ``paired_summary``."""
+    from llmsched_env.runner import run_jobs
     specs = [f"ppo:path={policy}", *schedulers]
-    jobs = [(setting, s, seed) for seed in seeds for s in specs]
-    rows: dict[str, list] = {s: [] for s in specs}
-    for r in pool.map(_job, jobs, chunksize=1):
-        rows[r["scheduler"]].append(r)
-    pol = rows.pop(specs[0])
-    return {"setting": setting, "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds),
-            **paired_summary(pol, rows)}
+    jobs = [(setting, s, seed) for setting in settings for seed in seeds for s in specs]
+    done = run_jobs(_job, jobs, workers=workers, ray=ray, ray_address=ray_address, label="episodes")
+    out = []
+    for setting in settings:
+        rows: dict[str, list] = {s: [] for s in specs}
+        for (st, _, _), r in zip(jobs, done):
+            if st == setting:
+                rows[r["scheduler"]].append(r)
+        pol = rows.pop(specs[0])
+        out.append({"setting": setting, "seeds": [seeds[0], seeds[-1]], "episodes": len(seeds),
+                    **paired_summary(pol, rows)})
+    return out
 
 
 def paired_summary(pol: list[dict], rows: dict[str, list[dict]]) -> dict:
@@ -161,7 +169,10 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=10_000, help="first held-out reset seed")
     p.add_argument("--heuristics", default=",".join(HEURISTICS), help="comma-separated scheduler specs")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (spawn)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (spawn), or Ray CPUs with --ray")
+    p.add_argument("--ray", action="store_true", help="run the episodes on Ray (a local instance unless "
+                                                     "--ray-address); needs pip install 'llmsched[ray]'")
+    p.add_argument("--ray-address", help="run the episodes on this Ray cluster ('auto' or ray://host:port)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--readme", action="store_true",
                    help="write the summary into README.md's results block, every table into docs/results.md")
@@ -180,11 +191,15 @@ def main(argv=None) -> int:
     if a.from_json:
         results = [r for r in json.loads(Path(a.from_json).read_text()) if r["setting"] in settings]
     else:
-        with mp.get_context("spawn").Pool(a.jobs) as pool:
-            for s in settings:
-                res = compare(a.policy, s, split_specs(a.heuristics), seeds, pool)
-                results.append(res)
-                print(markdown(res) + "\n", flush=True)
+        if a.ray or a.ray_address:
+            from llmsched_env.runner import RayUnavailable, require_ray
+            try:
+                require_ray()
+            except RayUnavailable as e:
+                raise SystemExit(f"error: {e}")
+        results = compare(a.policy, settings, split_specs(a.heuristics), seeds, a.jobs, a.ray, a.ray_address)
+        for res in results:
+            print(markdown(res) + "\n", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     if a.readme:
