@@ -1,7 +1,7 @@
 """Heuristic schedulers on an environment scenario: the bar a learned policy must clear.
 
     python eval/env_baselines.py [--scenario default] [--episodes 8] [--seed 5000]
-        [--schedulers fcfs,sarathi,vllm-v1:policy=priority,edf,slai,rule:name=slai] [--json OUT]
+        [--schedulers fcfs,sarathi,vllm-v1:policy=priority,edf,slai,rule:name=slai] [--workers N] [--json OUT]
 
 Every scheduler plays the same workloads (reset seeds seed, seed + 1, ...) through
 ``agents.episodes.run_episode``, so the return is the env's objective (requests meeting their
@@ -24,7 +24,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from agents.episodes import run_episode  # noqa: E402
+from llmsched_env.runner import run_jobs  # noqa: E402
 from llmsched_env.scheduler import split_specs  # noqa: E402
+
+def _episode(job: tuple) -> dict:
+    scenario, spec, seed = job
+    return run_episode(scenario, spec, seed)
+
 
 DEFAULT = "fcfs,sarathi,vllm-v1:policy=priority,edf,slai,rule:name=fcfs,rule:name=sarathi,rule:name=slai"
 
@@ -35,6 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--seed", type=int, default=5000)
     p.add_argument("--schedulers", default=DEFAULT)
+    p.add_argument("--workers", type=int, default=1, help="processes (local spawn pool)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     seeds = range(a.seed, a.seed + a.episodes)
@@ -42,8 +49,11 @@ def main(argv=None) -> int:
     for c in ("scheduler", "return", "SLO attain.", "GPU-s", "preempt."):
         t.add_column(c, justify="left" if c == "scheduler" else "right")
     out = {}
-    for spec in split_specs(a.schedulers):
-        rows = [run_episode(a.scenario, spec, s) for s in seeds]
+    specs = split_specs(a.schedulers)
+    jobs = [(a.scenario, spec, s) for spec in specs for s in seeds]
+    done = run_jobs(_episode, jobs, workers=a.workers, label="episodes")
+    for i, spec in enumerate(specs):
+        rows = done[i * len(seeds):(i + 1) * len(seeds)]
         m = {k: float(np.mean([r[k] for r in rows])) for k in ("return", "slo_attainment", "gpu_busy_s", "num_preemptions")}
         out[spec] = m
         t.add_row(spec, f"{m['return']:.2f}", f"{m['slo_attainment']:.3f}", f"{m['gpu_busy_s']:.1f}",

@@ -1,5 +1,5 @@
-"""eval/policy_vs_heuristics.py runs its episodes through the one runner: the same numbers in
-this process and on a spawn pool, paired differences per setting."""
+"""eval/policy_vs_heuristics.py and eval/env_baselines.py run their episodes through the one
+runner: the same numbers in this process and on a spawn pool, paired differences per setting."""
 import json
 import sys
 from pathlib import Path
@@ -26,3 +26,14 @@ def test_same_results_serially_and_on_a_pool(tmp_path):
     assert res["setting"] == "default" and res["episodes"] == 2
     d = res["heuristics"]["fcfs"]["policy_minus_return"]
     assert d["n"] == 2 and d["low"] <= d["mean"] <= d["high"]
+
+
+def test_env_baselines_same_results_serially_and_on_a_pool(tmp_path):
+    from eval import env_baselines
+    out = []
+    for workers in (1, 2):
+        path = tmp_path / f"b{workers}.json"
+        assert env_baselines.main(["--episodes", "2", "--schedulers", "fcfs,slai", "--workers", str(workers),
+                                   "--json", str(path)]) == 0
+        out.append(json.loads(path.read_text()))
+    assert out[0] == out[1] and set(out[0]) == {"fcfs", "slai"}
