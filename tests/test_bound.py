@@ -52,3 +52,18 @@ def test_bounds_hold_on_real_lengths(preset, shared_data):
     for name, run in heuristic_runs(specs, cfg, p.cost_model).items():
         assert run.summary["gpu_busy_s"] >= lb, name
         assert run.summary["num_slo_met"] <= ub, name
+
+
+def test_bound_gap_report_never_has_a_scheduler_beat_the_bounds(shared_data):
+    from eval.bound_gap import episode, summarize_gaps
+    specs_ = ["fcfs", "slai", "rule:name=sarathi"]
+    eps = [episode(("default", seed, specs_, 5.0)) for seed in (10_000, 10_001)]
+    for e in eps:
+        for s in specs_:
+            row = e["rows"][s]
+            assert row["gpu_busy_s"] >= e["gpu_lb"] - 1e-9
+            assert row["slo_attainment"] * e["num_requests"] <= e["met_ub"] + 1e-9
+            assert row["return"] <= e["return_ub"] + 1e-9
+    res = summarize_gaps(eps, specs_)
+    assert res["episodes"] == 2 and res["schedulers"]["fcfs"]["gpu_over_lb"]["low"] <= \
+        res["schedulers"]["fcfs"]["gpu_over_lb"]["mean"]
