@@ -41,16 +41,31 @@ def cmd_solve(a) -> int:
     t_start = time.perf_counter()
     if not a.time_limit > 0:
         raise ValueError(f"--time-limit {a.time_limit}: must be > 0 seconds")
-    if a.num_requests is None:
-        raise SystemExit("error: solve needs --num-requests N (the model is for small instances, e.g. 4-10)")
-    preset = get_preset(a.preset, gpu_memory_utilization=a.gpu_mem_util)
-    wl = workload_from_args(a, max_total_len=preset.max_request_tokens(**engine_overrides(a)))
-    specs = scale_lengths(build_workload(wl), a.length_scale)
-    cfg = preset.engine_config(**engine_overrides(a))
-    cost = preset.cost_model
+    if a.scenario:
+        from llmsched_env.env import ServingEnv
+        from llmsched_env.scenarios import list_scenarios
+        if a.scenario not in list_scenarios():
+            raise SystemExit(f"error: --scenario {a.scenario!r} is unknown; known: {', '.join(list_scenarios())}")
+        env = ServingEnv(a.scenario)
+        env.reset(seed=a.seed)
+        specs, cfg, cost = env.specs, env.engine_config, env.cost_model
+        a.lam = env.scenario.lam
+        name = f"scenario {a.scenario} seed {a.seed}"
+    else:
+        if a.num_requests is None:
+            raise SystemExit("error: solve needs --num-requests N (the model is for small instances, e.g. "
+                             "4-10) or --scenario NAME --seed S")
+        preset = get_preset(a.preset, gpu_memory_utilization=a.gpu_mem_util)
+        wl = workload_from_args(a, max_total_len=preset.max_request_tokens(**engine_overrides(a)))
+        specs = scale_lengths(build_workload(wl), a.length_scale)
+        cfg = preset.engine_config(**engine_overrides(a))
+        cost = preset.cost_model
+        name = preset.name
     tokens = sum(s.prompt_len + s.output_len for s in specs)
+    if a.bound_only:
+        return _bound_only(a, specs, cfg, cost, name, t_start)
     console.print(f"[bold]solve[/] {a.objective}{' (no preemption)' if a.no_preemption else ''} on "
-                  f"{preset.name}: {len(specs)} requests, {tokens} tokens (prompt+output), "
+                  f"{name}: {len(specs)} requests, {tokens} tokens (prompt+output), "
                   f"KV {cfg.num_kv_blocks} x {cfg.block_size} tokens, budget {cfg.max_num_batched_tokens}, "
                   f"{a.workers} worker(s), limit {a.time_limit:g} s")
     # the limit bounds the whole command: heuristics, model, search (the replay after it is one engine run)
@@ -102,10 +117,48 @@ def cmd_solve(a) -> int:
         h.add_row(name, f"{v:.6g}", cmp, f"{run.summary['gpu_busy_s']:.6g}", str(run.summary["num_slo_met"]),
                   str(run.summary["num_preemptions"]))
     console.print(h)
-    out["instance"] = {"preset": preset.name, "num_requests": len(specs), "tokens": tokens,
+    out["instance"] = {"preset": name, "num_requests": len(specs), "tokens": tokens,
                        "length_scale": a.length_scale, "num_kv_blocks": cfg.num_kv_blocks,
                        "block_size": cfg.block_size, "workers": a.workers, "time_limit_s": a.time_limit}
     write_json(out, a.json)
+    return 0
+
+
+def _bound_only(a, specs, cfg, cost, name: str, t_start: float) -> int:
+    """``--bound-only``: the relaxation bounds (baselines/bound.py) and every heuristic's value."""
+    import time
+
+    from .bound import gpu_time_lower_bound, slo_upper_bound
+    from .optimal import heuristic_runs, objective_value
+
+    gpu = gpu_time_lower_bound(specs, cfg, cost, preemption=not a.no_preemption)
+    slo = slo_upper_bound(specs, cfg, cost, time_limit_s=max(0.5, 0.5 * (a.time_limit - (time.perf_counter() - t_start))))
+    bound = {"gpu_time": gpu.value, "slo": float(slo.value), "return": slo.value - a.lam * gpu.value}[a.objective]
+    runs = heuristic_runs(specs, cfg, cost, deadline=t_start + a.time_limit)
+    values = {n: objective_value(r.summary, a.objective, a.lam) for n, r in sorted(runs.items())}
+    best = (min if a.objective == "gpu_time" else max)(values.values()) if values else None
+    gap = None if best is None else abs(best - bound) / max(abs(best), 1e-9)
+    unit = {"gpu_time": "GPU-s", "slo": "requests", "return": "met - lam x GPU-s"}[a.objective]
+    t = Table(title=f"relaxation bound ({a.objective}) on {name}: {len(specs)} requests", header_style="bold")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row(f"bound ({unit})", f"{bound:.6g}")
+    t.add_row("GPU-s lower bound / SLO-met upper bound", f"{gpu.value:.6g} / {slo.value}"
+              + ("" if slo.exact else " (dual bound)"))
+    t.add_row("best heuristic", "-" if best is None else f"{best:.6g}")
+    t.add_row("gap (best heuristic vs bound)", "-" if gap is None else f"{gap:.2%}")
+    console.print(t)
+    h = Table(title="heuristics vs the bound", header_style="bold")
+    for c in ("scheduler", f"objective ({unit})", "vs bound"):
+        h.add_column(c, justify="right" if c != "scheduler" else "left")
+    for n, v in values.items():
+        h.add_row(n, f"{v:.6g}", f"{v / bound:.3f}x" if a.objective == "gpu_time" else f"{v - bound:+.4g}")
+    console.print(h)
+    write_json({"status": "BOUND_ONLY", "objective": None, "bound": bound, "gap": gap,
+                "heuristics": values, "gpu_lower_bound": gpu.value, "slo_upper_bound": slo.value,
+                "slo_bound_exact": bool(slo.exact),
+                "instance": {"source": name, "num_requests": len(specs), "num_kv_blocks": cfg.num_kv_blocks,
+                             "block_size": cfg.block_size, "time_limit_s": a.time_limit}}, a.json)
     return 0
 
 
@@ -131,4 +184,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-hint", action="store_true", help="no warm start from the best heuristic")
     p.add_argument("--quiet", action="store_true", help="do not print improving solutions")
     p.add_argument("--json", help="write the result (plans included) to this file")
+    p.add_argument("--scenario", help="solve or bound an env scenario's episode (its workload and engine; "
+                                      "--seed picks the episode, --lam is the scenario's)")
+    p.add_argument("--bound-only", action="store_true",
+                   help="the relaxation bounds (baselines/bound.py) and the heuristics, no CP-SAT search")
     p.set_defaults(func=cmd_solve)

@@ -67,3 +67,25 @@ def test_bound_gap_report_never_has_a_scheduler_beat_the_bounds(shared_data):
     res = summarize_gaps(eps, specs_)
     assert res["episodes"] == 2 and res["schedulers"]["fcfs"]["gpu_over_lb"]["low"] <= \
         res["schedulers"]["fcfs"]["gpu_over_lb"]["mean"]
+
+
+def test_solve_bound_only_on_a_scenario_episode(tmp_path, shared_data, capsys):
+    import json
+
+    from llmsched_env.cli import main
+    out = tmp_path / "b.json"
+    for objective in ("gpu_time", "return"):
+        assert main(["solve", "--scenario", "default", "--seed", "10000", "--bound-only", "--objective", objective,
+                     "--time-limit", "30", "--json", str(out)]) == 0
+        r = json.loads(out.read_text())
+        assert r["status"] == "BOUND_ONLY" and r["objective"] is None and r["instance"]["num_requests"] == 100
+        assert r["heuristics"] and r["gap"] is not None
+        if objective == "gpu_time":
+            assert all(v >= r["bound"] - 1e-9 for v in r["heuristics"].values())
+        else:
+            assert all(v <= r["bound"] + 1e-9 for v in r["heuristics"].values())
+    try:
+        rc = main(["solve", "--scenario", "nope", "--bound-only"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2 and "--scenario 'nope' is unknown" in capsys.readouterr().err
