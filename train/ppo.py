@@ -566,8 +566,6 @@ def train_router(a: Args, deadline: Deadline, out: Path, log) -> dict:
     """``--scenario routing``: clone ``init_router``, then PPO on llmsched/Routing-v0; writes
     ``router/`` (and ``router_best/``), the same logs as the scheduler run, and the final table."""
     import torch as th
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     from agents.router_policy import save_router
     from eval.routing_eval import print_routers
@@ -580,18 +578,9 @@ def train_router(a: Args, deadline: Deadline, out: Path, log) -> dict:
     meta = {"scheduler": a.replica_scheduler, "env": "llmsched/Routing-v0", "seed": a.seed,
             "command": "python train/ppo.py " + " ".join(sys.argv[1:])}
     try:
-        env_fns = [make_routing_env(a, a.seed * 1000 + i) for i in range(a.n_envs)]
-        venv = SubprocVecEnv(env_fns, start_method="spawn") if a.n_envs > 1 else DummyVecEnv(env_fns)
-        venv.seed(a.seed)
-        ckpt = out / "checkpoint" / "model.zip"
-        ckpt.parent.mkdir(exist_ok=True)
-        if a.resume:
-            if not ckpt.is_file():
-                raise SystemExit(f"--resume: no checkpoint at {ckpt}; run without --resume first")
-            model = PPO.load(ckpt, env=venv, tensorboard_log=str(out / "tb"))
-            log(f"resumed from {ckpt} at {model.num_timesteps} decisions")
-        else:
-            model = build_model(a, venv, tensorboard_log=str(out / "tb"))
+        venv, model, ckpt = open_run(a, [make_routing_env(a, a.seed * 1000 + i) for i in range(a.n_envs)],
+                                     out, log)
+        if not a.resume:
             if a.init_router != "none":
                 t = time.monotonic()
                 bc = clone_router(model.policy, a, deadline.share(0.3), log)
@@ -605,14 +594,7 @@ def train_router(a: Args, deadline: Deadline, out: Path, log) -> dict:
             lambda model, res: save_router(model.policy, out / "router_best", a.replicas, arch,
                                            {**meta, "decisions": model.num_timesteps, **res}),
             out, ckpt, deadline.share(0.85), log)
-        t = time.monotonic()
-        left = a.total_steps - (model.num_timesteps if a.resume else 0)
-        if left > 0:
-            model.learn(left, callback=monitor, reset_num_timesteps=not a.resume, tb_log_name="ppo")
-            if monitor.last_eval != model.num_timesteps:
-                monitor._evaluate()
-        ppo_s = time.monotonic() - t
-        model.save(ckpt)
+        ppo_s = learn(a, model, monitor, ckpt)
         venv.close()
         router_dir = save_router(model.policy, out / "router", a.replicas, arch,
                                  {**meta, "steps": int(model.num_timesteps), "train_wall_s": round(ppo_s, 1),
@@ -631,6 +613,37 @@ def train_router(a: Args, deadline: Deadline, out: Path, log) -> dict:
         return summary
     finally:
         pool.terminate()
+
+
+def open_run(a: Args, env_fns, out: Path, log):
+    """The vectorised envs and the PPO model of a run: built, or loaded from the run's checkpoint
+    with ``--resume``; returns (venv, model, checkpoint path)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+    venv = SubprocVecEnv(env_fns, start_method="spawn") if a.n_envs > 1 else DummyVecEnv(env_fns)
+    venv.seed(a.seed)
+    ckpt = out / "checkpoint" / "model.zip"
+    ckpt.parent.mkdir(exist_ok=True)
+    if not a.resume:
+        return venv, build_model(a, venv, tensorboard_log=str(out / "tb")), ckpt
+    if not ckpt.is_file():
+        raise SystemExit(f"--resume: no checkpoint at {ckpt}; run without --resume first")
+    model = PPO.load(ckpt, env=venv, tensorboard_log=str(out / "tb"))
+    log(f"resumed from {ckpt} at {model.num_timesteps} decisions")
+    return venv, model, ckpt
+
+
+def learn(a: Args, model, monitor, ckpt: Path) -> float:
+    """PPO up to ``total_steps`` decisions (a last validation at the end), then the checkpoint;
+    returns the seconds it took."""
+    t = time.monotonic()
+    left = a.total_steps - (model.num_timesteps if a.resume else 0)
+    if left > 0:
+        model.learn(left, callback=monitor, reset_num_timesteps=not a.resume, tb_log_name="ppo")
+        if monitor.last_eval != model.num_timesteps:
+            monitor._evaluate()
+    model.save(ckpt)
+    return time.monotonic() - t
 
 
 def make_monitor(a: Args, evaluate_model, save_best, out: Path, ckpt: Path, stop_at: float, log):
@@ -715,8 +728,6 @@ def main(argv=None, t0: Optional[float] = None) -> dict:
             log_file.close()
 
     import torch as th
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     from agents.policy import save_policy
     from llmsched_env.priority import HEURISTIC_RULES
@@ -729,18 +740,9 @@ def main(argv=None, t0: Optional[float] = None) -> dict:
     pool = ctx.Pool(a.workers, initializer=_worker_init, initargs=(a.scenario,))
     summary: dict = {"args": asdict(a), "stages": {}}
     try:
-        env_fns = [make_env(a.scenario, a.seed * 1000 + i, a.reward_scale) for i in range(a.n_envs)]
-        venv = SubprocVecEnv(env_fns, start_method="spawn") if a.n_envs > 1 else DummyVecEnv(env_fns)
-        venv.seed(a.seed)
-        ckpt = out / "checkpoint" / "model.zip"
-        ckpt.parent.mkdir(exist_ok=True)
-        if a.resume:
-            if not ckpt.is_file():
-                raise SystemExit(f"--resume: no checkpoint at {ckpt}; run without --resume first")
-            model = PPO.load(ckpt, env=venv, tensorboard_log=str(out / "tb"))
-            log(f"resumed from {ckpt} at {model.num_timesteps} decisions")
-        else:
-            model = build_model(a, venv, tensorboard_log=str(out / "tb"))
+        venv, model, ckpt = open_run(a, [make_env(a.scenario, a.seed * 1000 + i, a.reward_scale)
+                                         for i in range(a.n_envs)], out, log)
+        if not a.resume:
             if a.init_rule != "none":
                 rule = HEURISTIC_RULES[a.init_rule]
                 start = spec.action_of(rule)
@@ -765,14 +767,7 @@ def main(argv=None, t0: Optional[float] = None) -> dict:
                                save_best, out, ckpt, deadline.share(0.85), log)
         best = monitor.best
 
-        t = time.monotonic()
-        left = a.total_steps - (model.num_timesteps if a.resume else 0)
-        if left > 0:
-            model.learn(left, callback=monitor, reset_num_timesteps=not a.resume, tb_log_name="ppo")
-            if monitor.last_eval != model.num_timesteps:
-                monitor._evaluate()
-        ppo_s = time.monotonic() - t
-        model.save(ckpt)
+        ppo_s = learn(a, model, monitor, ckpt)
         actor = actor_of(model)
         recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(a).items()}
         save_policy(out / "policy", actor, spec, {"stage": "ppo", "scenario": a.scenario,
