@@ -94,7 +94,7 @@ class FastServeScheduler(RankedScheduler):
         return self._level[rid]
 
     def _observe(self, engine) -> None:
-        swap = getattr(engine.config, "preemption_mode", "recompute") == "swap"
+        swap = engine.config.preemption_mode == "swap"
         self.preempt_for_waiting = swap if self.displace is None else self.displace
         latency = engine.busy_s - self._last_busy
         self._last_busy = engine.busy_s

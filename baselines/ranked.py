@@ -77,7 +77,7 @@ class RankedScheduler:
         # Under swap preemption a waiting request displaces only residents whose KV fits the
         # host space left: one the engine would recompute instead would make displacing thrash.
         host_room = (cfg.swap_space_blocks - engine.host_blocks
-                     if getattr(cfg, "preemption_mode", "recompute") == "swap" else None)
+                     if cfg.preemption_mode == "swap" else None)
         for req in order:
             if b.budget <= 0:
                 break

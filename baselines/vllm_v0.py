@@ -64,7 +64,7 @@ class VLLMV0Scheduler:
         # Waived while nothing is resident, so a prompt that fits the cache is never blocked for good.
         watermark_blocks = int(self.watermark * engine.config.num_kv_blocks) if engine.running else 0
         swapped = ([r for r in engine.iter_waiting() if r.host_blocks]
-                   if getattr(engine.config, "preemption_mode", "recompute") == "swap" else [])
+                   if engine.config.preemption_mode == "swap" else [])
         if not swapped:
             for req in engine.iter_waiting():
                 n = whole_prompt(req, full_budget, self.name)

@@ -116,13 +116,12 @@ def engine_overrides(a) -> dict:
     message naming the flag."""
     if a.block_size is not None and a.block_size < 1:  # the others are named by EngineConfig
         raise SystemExit(f"error: --block-size must be an integer >= 1 (got {a.block_size})")
-    swap = getattr(a, "swap_space", None)
-    if swap is not None and not 0 <= swap < float("inf"):
-        raise SystemExit(f"error: --swap-space must be a number of GiB >= 0 (got {swap})")
+    if a.swap_space is not None and not 0 <= a.swap_space < float("inf"):
+        raise SystemExit(f"error: --swap-space must be a number of GiB >= 0 (got {a.swap_space})")
     return {"max_num_batched_tokens": a.token_budget, "max_num_seqs": a.max_num_seqs,
             "num_kv_blocks": a.num_kv_blocks, "block_size": a.block_size,
-            "preemption_mode": getattr(a, "preemption_mode", None), "swap_space_gib": swap,
-            "prefix_caching": getattr(a, "prefix_caching", None)}
+            "preemption_mode": a.preemption_mode, "swap_space_gib": a.swap_space,
+            "prefix_caching": a.prefix_caching}
 
 
 def write_json(obj, path: str | None) -> None:

@@ -375,7 +375,7 @@ class Engine:
                 req.prefill_target = req.prompt_len + req.num_generated
                 if self._prefix is not None:
                     self._prefix.release(req, dropped)
-                    self._reuse(req)
+                    req.num_computed = self._prefix.reuse(req)
             req.num_blocks = 0
             req.num_preemptions += 1
             req.status = WAITING
@@ -387,34 +387,18 @@ class Engine:
         if not batch:
             # Idle: an empty plan waits for the next arrival; a preempt-only plan takes only its
             # swap-out copies (its victims are runnable at once, so the clock must not skip ahead).
+            transfer = 0.0
             if not preempt:
                 self._jump_to_next_arrival()
             elif moved:
-                transfer = moved * cfg.swap_s_per_block
-                self._account_transfer(moved, transfer)
+                transfer = self._copy(moved)
                 self.busy_s += transfer
                 self.now_s = now + transfer
-                return StepResult(now, self.now_s, 0, [], [], preempted_ids, [], True, None,
-                                  swapped_ids, transfer)
-            return StepResult(now, self.now_s, 0, [], [], preempted_ids, [], True, None)
+            return StepResult(now, self.now_s, 0, [], [], preempted_ids, [], True, None,
+                              swapped_ids, transfer)
 
         shape = BatchShape(total, n_prefill, sum_c, sum_c2, sum_ck, sum_k, n_decode, sum_kv, n_emit)
         latency = self.cost_model.batch_time(shape)
-        swapped_in = ()
-        if admitted and self.host_blocks:
-            swapped_in = set()
-            for req, _, _ in batch:
-                if req.host_blocks:  # swap in: its KV comes back from host memory
-                    swapped_in.add(req.rid)
-                    moved += req.host_blocks
-                    self.host_blocks -= req.host_blocks
-                    req.host_blocks = 0
-        transfer = 0.0
-        if moved:
-            transfer = moved * cfg.swap_s_per_block
-            self._account_transfer(moved, transfer)
-            latency += transfer
-        end = now + latency
         emitted = []
         finished = []
         admitted_ids = []
@@ -431,9 +415,16 @@ class Engine:
                 admitted_ids.append(req.rid)
                 if req.admitted_s is None:
                     req.admitted_s = now
-                if self._prefix is not None and req.rid not in swapped_in:
+                if req.host_blocks:  # swap in: its KV comes back from host memory
+                    moved += req.host_blocks
+                    self.host_blocks -= req.host_blocks
+                    req.host_blocks = 0
+                elif self._prefix is not None:
                     self._prefix.claim(req, req.num_computed)
                     self.prefix_hit_tokens += req.num_computed
+        transfer = self._copy(moved) if moved else 0.0
+        latency += transfer
+        end = now + latency
         for req, n, nb in batch:
             if req.first_scheduled_s is None:
                 req.first_scheduled_s = now
@@ -476,16 +467,13 @@ class Engine:
                           shape, swapped_ids, transfer)
 
     # -------------------------------------------------------------- internals
-    def _reuse(self, req: Request) -> None:
-        """Start waiting ``req`` (no KV anywhere) from its prefix-cache hit."""
-        hit = self._prefix.lookup(req)
-        if hit:
-            req.num_computed = hit
-            self._prefix.hold(req)
-
-    def _account_transfer(self, blocks: int, seconds: float) -> None:
+    def _copy(self, blocks: int) -> float:
+        """Account ``blocks`` copied between GPU and host memory; returns their time, seconds."""
+        seconds = blocks * self.config.swap_s_per_block
         self.swapped_blocks += blocks
         self.transfer_s += seconds
+        return seconds
+
     def _queue_position(self, req: Request) -> tuple:
         if req.rid in self._waiting_new:
             return (1, req.arrival_s, req.rid)
@@ -508,7 +496,7 @@ class Engine:
             self.requests[req.rid] = req
             self._waiting_new[req.rid] = req
             if self._prefix is not None and req.spec.prefix_group is not None:
-                self._reuse(req)
+                req.num_computed = self._prefix.reuse(req)
             i += 1
         self._next_arrival = i
 

@@ -55,9 +55,10 @@ class PrefixCache:
         if n:
             self._own[req.rid] = n
 
-    def lookup(self, req) -> int:
-        """Tokens of ``req`` (waiting, its KV on neither GPU nor host) found cached now; the caller
-        sets its ``num_computed`` to this and calls ``hold``."""
+    def reuse(self, req) -> int:
+        """Tokens of ``req`` (waiting, its KV on neither GPU nor host) found cached now; the
+        caller starts it from them (``num_computed``), and until it is admitted (``claim``) an
+        eviction that cuts them is reported by ``evict``."""
         owner = self._owner(req)
         limit = self._own.get(req.rid, 0)
         if owner[0] == "g":
@@ -69,10 +70,9 @@ class PrefixCache:
         lru = self._lru
         while j < limit and (*owner, j) in lru:
             j += 1
+        if j:
+            self._holders.setdefault(owner, set()).add(req)
         return j * self.bs
-
-    def hold(self, req) -> None:
-        self._holders.setdefault(self._owner(req), set()).add(req)
 
     def claim(self, req, tokens: int) -> None:
         """``req`` is admitted with ``tokens`` cached tokens: those blocks leave the cache."""
