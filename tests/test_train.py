@@ -4,6 +4,7 @@ its time limit holds, and --resume continues a run."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -105,6 +106,8 @@ def test_routing_run_end_to_end(tmp_path):
     assert s["stages"]["clone"]["samples"] == 400 and s["stages"]["ppo"]["decisions"] >= 256
     make_router(f"learned:path={out / 'router'}")
     make_router(f"learned:path={out / 'router_best'}")
+    meta = yaml.safe_load((out / "router" / "router.yaml").read_text())
+    assert meta["command"] == "python train/ppo.py " + shlex.join([*ROUTING_TINY, "--out", str(out)])
     res = json.loads((out / "results.json").read_text())["final"]
     assert res["episodes"] == 2 and set(res["routers"]) == {res["learned"], "round-robin", "kv-aware"}
     d = res["routers"]["kv-aware"]["learned_minus"]

@@ -41,6 +41,7 @@ import csv
 import json
 import math
 import multiprocessing as mp
+import shlex
 import sys
 import time
 
@@ -187,7 +188,7 @@ def parse_args(argv=None) -> Args:
     """Args from the CLI over ``--config``'s file over the defaults; ``--scenario routing``
     without a config starts from train/configs/routing.yaml (the routing recipe)."""
     import tyro
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _argv(argv)
     default = Args()
     path = _flag(argv, "--config")
     if path is None and _flag(argv, "--scenario") == ROUTING:
@@ -197,6 +198,10 @@ def parse_args(argv=None) -> Args:
     a = tyro.cli(Args, args=argv, default=default)
     check_args(a)
     return a
+
+
+def _argv(argv=None) -> list:
+    return list(sys.argv[1:] if argv is None else argv)
 
 
 def check_args(a: Args) -> None:
@@ -562,7 +567,7 @@ def final_routing_table(a: Args, router_dir: Path, pool, deadline: Deadline, log
             "learned": learned, "routers": compare_routers(eps, routers, learned) if eps else {}}
 
 
-def train_router(a: Args, deadline: Deadline, out: Path, log) -> dict:
+def train_router(a: Args, deadline: Deadline, out: Path, log, command: str) -> dict:
     """``--scenario routing``: clone ``init_router``, then PPO on llmsched/Routing-v0; writes
     ``router/`` (and ``router_best/``), the same logs as the scheduler run, and the final table."""
     import torch as th
@@ -576,7 +581,7 @@ def train_router(a: Args, deadline: Deadline, out: Path, log) -> dict:
     pool = mp.get_context("spawn").Pool(a.workers)
     arch = list(a.hidden)
     meta = {"scheduler": a.replica_scheduler, "env": "llmsched/Routing-v0", "seed": a.seed,
-            "command": "python train/ppo.py " + " ".join(sys.argv[1:])}
+            "command": command}
     try:
         venv, model, ckpt = open_run(a, [make_routing_env(a, a.seed * 1000 + i) for i in range(a.n_envs)],
                                      out, log)
@@ -723,7 +728,7 @@ def main(argv=None, t0: Optional[float] = None) -> dict:
 
     if a.scenario == ROUTING:
         try:
-            return train_router(a, deadline, out, log)
+            return train_router(a, deadline, out, log, "python train/ppo.py " + shlex.join(_argv(argv)))
         finally:
             log_file.close()
 
