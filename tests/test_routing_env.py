@@ -135,3 +135,23 @@ def test_affinity_keeps_conversations_together_on_the_trace():
         return same / n
     aff, rr = stayed("affinity"), stayed("round-robin")
     assert aff > 0.75 and rr < 0.4
+
+
+def test_routing_eval_moves_episodes_off_the_training_distribution(tmp_path):
+    import json
+
+    from eval.routing_eval import main, make_env
+    from llmsched_env.presets import get_preset
+    whole = get_preset("h100-llama3-8b").engine_config().num_kv_blocks
+    env = make_env(2, "sarathi", trace="arxiv_summarization_stats_llama2_tokenizer_filtered_v2",
+                   num_kv_blocks=0, rates=(4.0, 5.0))
+    assert [s.config.num_kv_blocks for s in env.cluster.specs] == [whole, whole]
+    assert env.rate_range == (4.0, 5.0) and env.workload.trace.startswith("arxiv")
+    assert make_env(2, "sarathi").cluster.specs[0].config.num_kv_blocks == 1024
+    out = tmp_path / "r.json"
+    assert main(["--episodes", "1", "--num-kv-blocks", "2048", "--rates", "30,31", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["off_distribution"] == {"num_kv_blocks": 2048, "rates": [30.0, 31.0]}
+    for bad in (["--rates", "3"], ["--trace", "no_such_trace"], ["--rates", "5,4"]):
+        with pytest.raises(SystemExit):
+            main(["--episodes", "1", *bad])
