@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from ortools.sat.python import cp_model
@@ -74,7 +74,11 @@ OBJECTIVES = ("gpu_time", "slo", "return")
 
 class BuildTimeout(TimeoutError):
     """The time limit ended while a model was being built (``solve`` then reports the best known
-    schedule with status UNKNOWN)."""
+    schedule with status UNKNOWN); ``model`` is the model cut short."""
+
+    def __init__(self, message: str, model=None):
+        super().__init__(message)
+        self.model = model
 
 
 # --------------------------------------------------------------------------- heuristic schedules
@@ -237,6 +241,9 @@ class SolveResult:
         build_s: seconds before the search (heuristics, model, hint).
         source: where the reported schedule comes from: "solver", "hint: NAME" (the solver
             found nothing better), or "heuristic: NAME (why)" (the solver never ran).
+        model: the ScheduleModel built (whole or cut by the limit; None if none), kept so that
+            it is destroyed when the result is dropped, not inside the call's time limit:
+            destroying 10^5-10^6 CP-SAT constraints takes seconds.
     """
 
     status: str
@@ -258,6 +265,7 @@ class SolveResult:
     solutions: list = field(default_factory=list)
     build_s: float = 0.0
     source: str = "solver"
+    model: object = field(default=None, repr=False, compare=False)
 
     @property
     def proven(self) -> bool:
@@ -309,7 +317,7 @@ class ScheduleModel:
 
     def _check_deadline(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
-            raise BuildTimeout(f"time limit reached while building the {self.J}-batch model")
+            raise BuildTimeout(f"time limit reached while building the {self.J}-batch model", self)
 
     def q_time(self, seconds: float, up: bool) -> int:
         """A time in integer units, rounded up (arrivals) or down (deadlines)."""
@@ -654,8 +662,7 @@ def _gap(obj: float, bound: float, objective: str) -> float:
 def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, objective: str = "gpu_time",
           preemption: bool = True, time_limit_s: float = 60.0, num_workers: int = 1, lam: float = 1.0,
           max_batches: Optional[int] = None, hint: bool = True, seed: int = 0, console=None,
-          heuristics: Optional[dict] = None, extra_hints: Optional[dict] = None,
-          model: str = "auto") -> SolveResult:
+          heuristics: Optional[dict] = None, extra_hints: Optional[dict] = None) -> SolveResult:
     """Solve a workload's schedule for ``objective``; see the module docstring for the model.
 
     Args:
@@ -672,8 +679,6 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         heuristics: precomputed ``heuristic_runs`` (else they are run here).
         extra_hints: more candidate schedules ``{name: plans}`` (e.g. the no-preemption optimum
             when solving with preemption); the best of these and the heuristic's is the hint.
-        model: "batch" (the batch-indexed model above), "segment" (``baselines.optimal_segment``,
-            gpu_time only) or "auto" (segment for gpu_time, else batch).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} must be one of {', '.join(OBJECTIVES)}")
@@ -681,10 +686,6 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         raise ValueError(f"time limit {time_limit_s} s must be > 0")
     if num_workers < 1:
         raise ValueError(f"num_workers={num_workers} must be >= 1")
-    if model not in ("auto", "batch", "segment"):
-        raise ValueError(f"model {model!r} must be auto, batch or segment")
-    if model == "segment" and objective != "gpu_time":
-        raise ValueError(f"the segment model is for objective gpu_time only (not {objective!r}); use model='batch'")
     check_supported(cost)
     t0 = time.perf_counter()
     deadline = t0 + time_limit_s
@@ -703,12 +704,6 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
             best = name
     incumbent = cand_values[best]
     fallback = (best, cands[best], incumbent)
-    if model == "auto":
-        model = "batch"
-    if model == "segment":
-        from .optimal_segment import solve_segments
-        return solve_segments(specs, config, cost, preemption, deadline, num_workers, seed, console, values,
-                              cands, best, extra_hints, hint, t0)
     inc_batches = len(cands[best].plans)
     J, rigorous, why = batch_bound(specs, config, cost, objective, preemption, incumbent, inc_batches, lam)
     if max_batches is not None and max_batches < J:
@@ -731,11 +726,12 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
                 if left() > 0 and m.hint_from_plans(plans, time_limit_s=min(10.0, left())) is not None:
                     hint_info = (name, v)
         if left() <= 0.05:
-            raise BuildTimeout("time limit reached before the search")
-    except BuildTimeout:
-        return unsolved(objective, preemption, fallback, values, J, rigorous, why, time.perf_counter() - t0,
-                        "the time limit ended before the search started",
-                        bound=relaxation_bound(specs, config, cost, objective, preemption, lam))
+            raise BuildTimeout("time limit reached before the search", m)
+    except BuildTimeout as e:
+        return replace(unsolved(objective, preemption, fallback, values, J, rigorous, why, time.perf_counter() - t0,
+                                "the time limit ended before the search started",
+                                bound=relaxation_bound(specs, config, cost, objective, preemption, lam)),
+                       model=e.model)
     build_s = time.perf_counter() - t0
     m.add_cutoff()
     cb = _Progress(m, console)
@@ -764,14 +760,14 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         gap = None if bound is None else _gap(obj, bound, objective)
         source = f"hint: {hint_info[0] if hint_info else best}" + (f" ({out.note})" if out.note else "")
     elif status == "UNKNOWN":
-        return unsolved(objective, preemption, fallback, values, J, rigorous, why, build_s,
-                        out.note or "the solver found no schedule within the limit", solve_s=out.wall_s,
-                        bound=relaxation_bound(specs, config, cost, objective, preemption, lam))
+        return replace(unsolved(objective, preemption, fallback, values, J, rigorous, why, build_s,
+                                out.note or "the solver found no schedule within the limit", solve_s=out.wall_s,
+                                bound=relaxation_bound(specs, config, cost, objective, preemption, lam)), model=m)
     else:
         obj = gap = bound = None
         plans, lats = [], []
     return SolveResult(status, obj, bound, gap, out.wall_s, J, len(plans), rigorous, why, plans, lats,
-                       m.unit_s, objective, preemption, hint_info, values, cb.rows, build_s, source)
+                       m.unit_s, objective, preemption, hint_info, values, cb.rows, build_s, source, model=m)
 
 
 def relaxation_bound(specs, config, cost, objective: str, preemption: bool, lam: float,

@@ -21,6 +21,11 @@ from llmsched_env.cli_common import (add_engine_args, add_workload_args, engine_
 console = Console()
 
 
+HEURISTICS_SHARE = 0.5  # of --time-limit: no heuristic run starts after it
+AFTER_SHARE = 0.15  # of --time-limit (at most 2 s), kept for what follows the search: freeing the
+#                     model, the replay, the tables and the JSON
+
+
 def scale_lengths(specs, factor: float):
     """Prompt and output lengths x ``factor`` (rounded, at least 1 token): a small instance with
     a trace's length distribution."""
@@ -38,7 +43,7 @@ def cmd_solve(a) -> int:
 
     from .optimal import heuristic_runs, objective_value, replay, solve
 
-    t_start = time.perf_counter()
+    t_start = getattr(a, "t0", None) or time.perf_counter()
     if not a.time_limit > 0:
         raise ValueError(f"--time-limit {a.time_limit}: must be > 0 seconds")
     if a.scenario:
@@ -68,11 +73,12 @@ def cmd_solve(a) -> int:
                   f"{name}: {len(specs)} requests, {tokens} tokens (prompt+output), "
                   f"KV {cfg.num_kv_blocks} x {cfg.block_size} tokens, budget {cfg.max_num_batched_tokens}, "
                   f"{a.workers} worker(s), limit {a.time_limit:g} s")
-    # the limit bounds the whole command: heuristics, model, search (the replay after it is one engine run)
-    runs = heuristic_runs(specs, cfg, cost, deadline=t_start + a.time_limit)
-    left = max(0.05, a.time_limit - (time.perf_counter() - t_start))
+    # the limit bounds the whole command: heuristics (no new one after half of it), model, search
+    # (the replay after it is one engine run)
+    runs = heuristic_runs(specs, cfg, cost, deadline=t_start + HEURISTICS_SHARE * a.time_limit)
+    left = max(0.05, a.time_limit - (time.perf_counter() - t_start) - min(2.0, AFTER_SHARE * a.time_limit))
     r = solve(specs, cfg, cost, a.objective, not a.no_preemption, left, a.workers, a.lam,
-              a.max_batches, not a.no_hint, a.seed, None if a.quiet else console, heuristics=runs, model=a.model)
+              a.max_batches, not a.no_hint, a.seed, None if a.quiet else console, heuristics=runs)
     out = r.to_dict()
     t = Table(title=f"optimal schedule ({a.objective})", header_style="bold")
     t.add_column("")
@@ -121,6 +127,7 @@ def cmd_solve(a) -> int:
                        "length_scale": a.length_scale, "num_kv_blocks": cfg.num_kv_blocks,
                        "block_size": cfg.block_size, "workers": a.workers, "time_limit_s": a.time_limit}
     write_json(out, a.json)
+    a.fast_exit = True  # r.model holds the CP-SAT model: the process ends without destroying it
     return 0
 
 
@@ -131,10 +138,10 @@ def _bound_only(a, specs, cfg, cost, name: str, t_start: float) -> int:
     from .bound import gpu_time_lower_bound, slo_upper_bound
     from .optimal import heuristic_runs, objective_value
 
+    runs = heuristic_runs(specs, cfg, cost, deadline=t_start + HEURISTICS_SHARE * a.time_limit)
     gpu = gpu_time_lower_bound(specs, cfg, cost, preemption=not a.no_preemption)
-    slo = slo_upper_bound(specs, cfg, cost, time_limit_s=max(0.5, 0.5 * (a.time_limit - (time.perf_counter() - t_start))))
+    slo = slo_upper_bound(specs, cfg, cost, time_limit_s=max(0.1, 0.8 * (a.time_limit - (time.perf_counter() - t_start))))
     bound = {"gpu_time": gpu.value, "slo": float(slo.value), "return": slo.value - a.lam * gpu.value}[a.objective]
-    runs = heuristic_runs(specs, cfg, cost, deadline=t_start + a.time_limit)
     values = {n: objective_value(r.summary, a.objective, a.lam) for n, r in sorted(runs.items())}
     best = (min if a.objective == "gpu_time" else max)(values.values()) if values else None
     gap = None if best is None else abs(best - bound) / max(abs(best), 1e-9)
@@ -178,9 +185,6 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batches", type=int, help="cap the number of batches J (then not rigorous)")
     p.add_argument("--length-scale", type=float, default=1.0,
                    help="multiply prompt and output lengths (small instances from a trace's distribution)")
-    p.add_argument("--model", choices=("auto", "batch", "segment"), default="auto",
-                   help="batch: one CP-SAT cell per request and batch; segment: decode runs aggregated "
-                        "(gpu_time only; baselines/optimal_segment.py); auto: segment for gpu_time")
     p.add_argument("--no-hint", action="store_true", help="no warm start from the best heuristic")
     p.add_argument("--quiet", action="store_true", help="do not print improving solutions")
     p.add_argument("--json", help="write the result (plans included) to this file")

@@ -8,7 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import time
+
+_IMPORTED_S = time.perf_counter()  # the console script's start (its first import is this module)
 
 from rich.console import Console
 from rich.table import Table
@@ -213,9 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``llmsched`` command; exit status 0, 1 (a run failed) or 2 (bad input, with a message)."""
+    t0 = _IMPORTED_S if argv is None else time.perf_counter()
     a = build_parser().parse_args(argv)
+    a.t0 = t0  # when the command began: a ``--time-limit`` bounds it from here (perf_counter s)
     try:
-        return _run(a)
+        code = _run(a)
+        if argv is None and getattr(a, "fast_exit", False):
+            # the console script ends here: skip tearing down what the command built (a big
+            # CP-SAT model takes seconds to destroy, outside its --time-limit)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except SystemExit as e:  # bad input: the message, exit status 2 (as argparse's own errors)
         if isinstance(e.code, str):
             print(e.code if e.code.startswith("error") else f"error: {e.code}", file=sys.stderr)

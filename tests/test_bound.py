@@ -28,7 +28,7 @@ def test_bounds_hold_against_the_optimum_and_heuristics(seed, preemption):
     specs, cfg = small_instance(seed)
     lb = gpu_time_lower_bound(specs, cfg, COST, preemption).value
     ub = slo_upper_bound(specs, cfg, COST).value
-    opt_gpu = solve(specs, cfg, COST, "gpu_time", preemption, time_limit_s=20, model="batch")
+    opt_gpu = solve(specs, cfg, COST, "gpu_time", preemption, time_limit_s=20)
     opt_slo = solve(specs, cfg, COST, "slo", preemption, time_limit_s=20)
     assert opt_gpu.status == "OPTIMAL" and opt_slo.status == "OPTIMAL"
     assert lb <= opt_gpu.objective + 1e-12

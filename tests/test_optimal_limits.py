@@ -29,7 +29,7 @@ def real_instance(n=6):
 def test_time_limit_bounds_the_batch_model(shared_data):
     specs, cfg, cost = real_instance()
     t0 = time.perf_counter()
-    r = solve(specs, cfg, cost, "gpu_time", True, time_limit_s=4.0, model="batch")
+    r = solve(specs, cfg, cost, "gpu_time", True, time_limit_s=4.0)
     elapsed = time.perf_counter() - t0
     assert elapsed < 4.0 + 2.5, elapsed
     assert r.status == "UNKNOWN"  # nothing proven: not reported as FEASIBLE
@@ -45,15 +45,14 @@ def test_time_limit_bounds_the_batch_model(shared_data):
 def test_cli_time_limit_holds_and_writes_json(tmp_path, shared_data):
     out = tmp_path / "out.json"
     cmd = [sys.executable, "-m", "llmsched_env.cli", "solve", "--preset", "a100-llama3-8b", "--trace", "splitwise_conv",
-           "--num-requests", "6", "--objective", "gpu_time", "--time-limit", "5", "--model", "batch", "--quiet",
+           "--num-requests", "6", "--objective", "gpu_time", "--time-limit", "5", "--quiet",
            "--json", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # 5 s limit + interpreter start and imports (~3 s here) + the replay; well under the 200 s the
-    # unbounded build took
-    assert wall < 5 + 10, wall
+    # the limit counts from the CLI's first import: only the interpreter's start-up is outside it
+    assert wall < 5 + 2.5, wall
     d = json.loads(out.read_text())
     assert d["status"] == "UNKNOWN"
     assert d["value"] is not None and d["bound"] is not None and d["gap"] is not None
