@@ -141,7 +141,7 @@ def cmd_goodput(a) -> int:
 def cmd_calibrate(a) -> int:
     from .calibration import calibrate_profile
     if a.measurements:
-        mod = importlib.import_module("llmsched_env.measured")
+        mod = importlib.import_module("llmsched_env.calibrate_measured")
         return mod.cmd_calibrate_measurements(a)
     if not a.profile:
         raise SystemExit("error: give --profile PATH/mlp.csv (or --measurements DIR)")

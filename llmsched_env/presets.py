@@ -13,6 +13,7 @@ Kinds:
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -275,7 +276,6 @@ def get_preset(name: str, gpu_memory_utilization: float | None = None, num_kv_bl
     """
     measured = measured_preset_path(name)
     if measured is not None:
-        from .measured import load_measured_preset
         preset = load_measured_preset(measured, None if name.endswith(".json") else name)
     elif name.startswith("shape:"):
         spec = name[len("shape:"):]
@@ -317,6 +317,32 @@ def measured_preset_path(name: str) -> Path | None:
     if name in PRESETS:
         return None
     return next((d / f"{name}.json" for d in measured_preset_dirs() if (d / f"{name}.json").is_file()), None)
+
+
+def load_measured_preset(path: str | Path, name: str | None = None):
+    """A ``Preset`` from a JSON written by ``llmsched calibrate --measurements``."""
+    from .measured import PRESET_FORMAT, MeasuredCostModel, MeasurementError
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"measured preset not found: {path}")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MeasurementError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != PRESET_FORMAT:
+        raise MeasurementError(f"{path}: not a measured preset (expected \"format\": \"{PRESET_FORMAT}\"); "
+                               "write one with `llmsched calibrate --measurements DIR`")
+    try:
+        model = MeasuredCostModel.from_dict(d["cost_model"])
+        return Preset(name or d["name"], GPUSpec(**d["gpu"]), ModelShape(**d["shape"]), int(d["tp"]), model,
+                      int(d["num_kv_blocks"]), int(d.get("block_size", 16)), True, d.get("provenance", ""),
+                      {"fit_report": d.get("fit_report", {})})
+    except (KeyError, TypeError, ValueError) as e:
+        raise MeasurementError(f"{path}: malformed measured preset ({type(e).__name__}: {e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibrate
 
 
 def list_presets() -> list[str]:

@@ -41,3 +41,40 @@ def test_the_profiler_is_a_tool_nothing_imports():
                           "print('llmsched_env.profiling' in sys.modules)"],
                          check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip()
     assert out == "False" and "torch" not in mods
+
+
+def _package_imports(pkg: Path) -> dict[str, set[str]]:
+    """module -> the package's modules it imports anywhere (function-level imports included)."""
+    import ast
+    mods = {f.stem for f in pkg.glob("*.py")}
+    graph = {}
+    for f in pkg.glob("*.py"):
+        deps = set()
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.level == 1:
+                deps.update([n.module.split(".")[0]] if n.module else [a.name for a in n.names])
+            elif isinstance(n, ast.ImportFrom) and (n.module or "").startswith(pkg.name):
+                rest = n.module[len(pkg.name):].lstrip(".")
+                deps.update([rest.split(".")[0]] if rest else [a.name for a in n.names])
+            elif isinstance(n, ast.Import):
+                deps.update(a.name.split(".")[1] for a in n.names if a.name.startswith(pkg.name + "."))
+        graph[f.stem] = (deps & mods) - {f.stem}
+    return graph
+
+
+def test_the_core_package_has_no_import_cycle():
+    """Not even through a function-level import (presets <-> measured was one)."""
+    graph = _package_imports(ROOT / "llmsched_env")
+    assert "presets" in graph["calibrate_measured"] and "presets" not in graph["measured"]
+    done: set[str] = set()
+
+    def visit(mod: str, path: list[str]) -> None:
+        if mod in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(mod):] + [mod]))
+        if mod not in done:
+            for dep in sorted(graph[mod]):
+                visit(dep, path + [mod])
+            done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod, [])

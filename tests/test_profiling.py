@@ -11,7 +11,8 @@ import pytest
 from llmsched_env import cli, measured, profiling
 from llmsched_env.cost_model import BatchShape, PiecewiseLinear
 from llmsched_env.hardware import ModelShape
-from llmsched_env.measured import (MeasuredAttention, MeasuredCostModel, MeasurementError, calibrate_measurements,
+from llmsched_env.calibrate_measured import calibrate_measurements
+from llmsched_env.measured import (MeasuredAttention, MeasuredCostModel, MeasurementError,
                                    load_measurements, synthetic_measurements)
 from llmsched_env.presets import get_preset, list_presets
 from llmsched_env.simulate import simulate
