@@ -287,7 +287,7 @@ class FinishedLog(Sequence):
 
 
 class VLLMEngineView:
-    """The llmsched engine view (``running``, ``iter_waiting()``, ``free_blocks``, ``config``,
+    """The llmsched ``EngineView`` (``running``, ``iter_waiting()``, ``free_blocks``, ``config``,
     ``now_s``, ...) over a vLLM v1 scheduler. The hook keeps one and ``refresh``-es it each step;
     the per-step work is proportional to the running batch (waiting requests are read lazily
     from vLLM's queue).
@@ -423,6 +423,10 @@ class VLLMEngineView:
     def free_blocks(self) -> int:
         """Free KV blocks now (vLLM's block pool, evictable prefix-cache blocks included)."""
         return self._block_pool.get_num_free_blocks()
+
+    @property
+    def host_blocks(self) -> int:
+        return 0  # vLLM v1 preempts by recomputation only: nothing is ever swapped out
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.config.block_size)

@@ -5,7 +5,7 @@ from .engine import Engine, EngineConfig, SchedulerStalled, StepResult, Workload
 from .plan import BatchPlan, PlanError
 from .presets import Preset, get_preset, list_presets
 from .request import Request, RequestSpec
-from .scheduler import Scheduler, available_schedulers, make_scheduler, register
+from .scheduler import EngineView, Scheduler, available_schedulers, make_scheduler, register
 from .simulate import goodput, run, simulate
 from .workload import SLOClass, TraceError, WorkloadConfig, build_workload, load_trace
 from .env import ServingEnv
@@ -28,7 +28,7 @@ _register_envs()
 
 __version__ = "0.1.0"
 __all__ = ["BatchPlan", "BatchShape", "CalibratedCostModel", "CostModel", "Engine", "EngineConfig",
-           "InferMaxCostModel", "LinearCostModel", "PlanError", "Preset", "Request", "RequestSpec", "SLOClass", "Scheduler",
+           "InferMaxCostModel", "LinearCostModel", "PlanError", "Preset", "Request", "RequestSpec", "SLOClass", "Scheduler", "EngineView",
            "Scenario", "SchedulerStalled", "ServingEnv", "StepResult", "TraceError", "WorkloadConfig", "WorkloadRejected",
            "available_schedulers", "build_workload", "get_scenario", "list_scenarios", "get_preset", "goodput", "list_presets", "load_trace",
            "make_scheduler", "register", "run", "simulate"]

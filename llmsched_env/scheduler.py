@@ -1,7 +1,7 @@
 """The Scheduler protocol and the registry of schedulers by name.
 
-A scheduler is anything with ``schedule(engine) -> BatchPlan``. It reads the engine (the view:
-``running``, ``iter_waiting()``, ``free_blocks``, ``config``, ``now_s``, request fields) and never
+A scheduler is anything with ``schedule(engine) -> BatchPlan``. It reads the engine through
+``EngineView`` (what the Engine, ``QueueView`` and the vLLM hook's view all provide) and never
 writes it. ``reset()`` is called before a new workload. Register a scheduler with
 ``@register("name")`` on its class (constructor keyword arguments are its options).
 
@@ -14,16 +14,68 @@ from __future__ import annotations
 import importlib
 import types
 from dataclasses import replace
-from typing import Callable, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from .plan import BatchPlan
+
+if TYPE_CHECKING:
+    from .engine import EngineConfig
+    from .request import Request
+
+
+@runtime_checkable
+class EngineView(Protocol):
+    """What a scheduler may read (never write). Requests are ``Request``s or objects with the same
+    fields (the vLLM hook's views); times are seconds on the engine's clock, sizes KV blocks.
+
+    ``cost_model`` is there in the simulator but not in a real engine (the vLLM hook has none
+    unless one is configured): a scheduler that reads it must say so when it is absent.
+    """
+
+    config: "EngineConfig"
+    now_s: float                #: the clock: the next step starts now
+    busy_s: float               #: seconds the engine has spent running batches so far
+    last_step_latency_s: float  #: the previous batch's latency (0 before the first)
+    running: Mapping[int, "Request"]   #: resident requests by id, in admission order
+    requests: Mapping[int, "Request"]  #: every request that has arrived, by id
+    finished: Sequence["Request"]      #: finished requests, in finishing order
+
+    @property
+    def num_requests(self) -> int:
+        """Requests in the workload (arrived or not)."""
+
+    @property
+    def used_blocks(self) -> int:
+        """KV blocks held by resident requests."""
+
+    @property
+    def free_blocks(self) -> int:
+        """KV blocks free for the next step (the cache's capacity less ``used_blocks``)."""
+
+    @property
+    def host_blocks(self) -> int:
+        """KV blocks swapped out to host memory (0 unless ``config.preemption_mode == "swap"``)."""
+
+    @property
+    def num_waiting(self) -> int:
+        """Arrived requests not resident (new and preempted)."""
+
+    @property
+    def waiting(self) -> list:
+        """The waiting queue, head first (a copy: prefer ``iter_waiting``)."""
+
+    def iter_waiting(self) -> Iterator["Request"]:
+        """The waiting queue, head first: preempted requests (newest victim first), then new ones."""
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """KV blocks that hold ``num_tokens`` tokens."""
 
 
 @runtime_checkable
 class Scheduler(Protocol):
     name: str
 
-    def schedule(self, engine) -> BatchPlan:
+    def schedule(self, engine: EngineView) -> BatchPlan:
         """The plan for the next step, given the engine's current state (read-only)."""
 
     def reset(self) -> None:
@@ -31,7 +83,7 @@ class Scheduler(Protocol):
 
 
 class QueueView:
-    """The engine as a scheduler sees it with a different waiting queue (``waiting``, in queue
+    """An ``EngineView``: the engine as a scheduler sees it with a different waiting queue (``waiting``, in queue
     order) and, optionally, a lower cap on running requests (``max_num_seqs``); read-only,
     everything else is the engine's."""
 

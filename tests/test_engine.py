@@ -150,3 +150,14 @@ def test_preempt_only_plan_takes_no_time():
     r = eng.step(BatchPlan({}, {0}))
     assert r.idle and r.latency_s == 0.0 and eng.now_s == t  # not the next arrival at t=100
     assert [q.rid for q in eng.iter_waiting()] == [0]
+
+
+def test_the_engine_and_a_queue_view_are_engine_views():
+    """Every attribute EngineView documents exists on both (the vLLM hook's view: test_vllm_hook)."""
+    from llmsched_env.scheduler import EngineView, QueueView
+    eng = make_engine([spec(0, 8, 2), spec(1, 8, 2)])
+    view = QueueView(eng, [eng.requests[1]] if 1 in eng.requests else [])
+    for v in (eng, view):
+        assert isinstance(v, EngineView)
+        assert v.host_blocks == 0 and v.used_blocks + v.free_blocks == v.config.num_kv_blocks
+    assert [r.rid for r in view.iter_waiting()] == [r.rid for r in view.waiting]

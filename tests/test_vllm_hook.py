@@ -19,6 +19,7 @@ from agents.vllm_offline import make_request as vllm_request  # noqa: E402
 from llmsched_env.cost_model import LinearCostModel  # noqa: E402
 from llmsched_env.engine import Engine, EngineConfig  # noqa: E402
 from llmsched_env.plan import BatchPlan  # noqa: E402
+from llmsched_env.scheduler import EngineView  # noqa: E402
 from llmsched_env.request import RequestSpec  # noqa: E402
 from llmsched_env.scheduler import available_schedulers, make_scheduler, parse_spec  # noqa: E402
 
@@ -305,6 +306,7 @@ def test_view_fields(model_config):
     sched._t0 = 1000.0
     sched.add_request(vllm_request(0, 40, 5, priority=3))
     view = sched.make_view()
+    assert isinstance(view, EngineView) and view.host_blocks == 0 and view.num_requests == 1
     (r,) = view.iter_waiting()
     assert (r.rid, r.prompt_len, r.num_computed, r.prefill_target, r.priority) == (0, 40, 0, 40, 3)
     assert r.is_prefilling and r.tokens_owed == 40 and r.status == 0 and view.now_s == 0.5
