@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from eval.stats import t_interval  # noqa: E402
+from llmsched_env.runner import add_runner_args  # noqa: E402
 from llmsched_env.scheduler import split_specs  # noqa: E402
 
 HEURISTICS = ("fcfs", "sarathi", "vllm-v1:policy=priority", "edf", "slai")
@@ -169,10 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=10_000, help="first held-out reset seed")
     p.add_argument("--heuristics", default=",".join(HEURISTICS), help="comma-separated scheduler specs")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (spawn), or Ray CPUs with --ray")
-    p.add_argument("--ray", action="store_true", help="run the episodes on Ray (a local instance unless "
-                                                     "--ray-address); needs pip install 'llmsched[ray]'")
-    p.add_argument("--ray-address", help="run the episodes on this Ray cluster ('auto' or ray://host:port)")
+    add_runner_args(p)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--readme", action="store_true",
                    help="write the summary into README.md's results block, every table into docs/results.md")
@@ -197,7 +195,7 @@ def main(argv=None) -> int:
                 require_ray()
             except RayUnavailable as e:
                 raise SystemExit(f"error: {e}")
-        results = compare(a.policy, settings, split_specs(a.heuristics), seeds, a.jobs, a.ray, a.ray_address)
+        results = compare(a.policy, settings, split_specs(a.heuristics), seeds, a.workers, a.ray, a.ray_address)
         for res in results:
             print(markdown(res) + "\n", flush=True)
     if a.json:

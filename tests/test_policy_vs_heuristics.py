@@ -17,7 +17,7 @@ def test_same_results_serially_and_on_a_pool(tmp_path):
     out = {}
     for jobs in (1, 2):
         path = tmp_path / f"r{jobs}.json"
-        argv = ["--settings", "default", "--episodes", "2", "--heuristics", "fcfs", "--jobs", str(jobs),
+        argv = ["--settings", "default", "--episodes", "2", "--heuristics", "fcfs", "--workers", str(jobs),
                 "--json", str(path)]
         assert pvh.main(argv) == 0
         out[jobs] = json.loads(path.read_text())
