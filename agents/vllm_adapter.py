@@ -95,7 +95,7 @@ class VLLMRequestView:
 
     __slots__ = ("_req", "_view", "rid", "request_id", "arrival_s", "_target", "token_times",
                  "ttft_slo_s", "tbt_slo_s", "first_scheduled_s", "last_scheduled_s", "admitted_s",
-                 "finish_s")
+                 "finish_s", "priority", "predicted_output_len")
 
     def __init__(self, req, view: "VLLMEngineView", rid: int, arrival_s: float,
                  ttft_slo_s: float = math.inf, tbt_slo_s: float = math.inf):
@@ -112,6 +112,9 @@ class VLLMRequestView:
         self.last_scheduled_s: Optional[float] = None
         self.admitted_s: Optional[float] = None
         self.finish_s: Optional[float] = None
+        # fixed for a vLLM request's life, so copied once (policies read them every step)
+        self.priority: int = req.priority  # lower = more important, as in llmsched
+        self.predicted_output_len: Optional[int] = None  # vLLM has no length predictor
 
     # -- fields read straight from vLLM
     @property
@@ -127,10 +130,6 @@ class VLLMRequestView:
         return self._req.num_output_tokens
 
     @property
-    def priority(self) -> int:
-        return self._req.priority
-
-    @property
     def num_preemptions(self) -> int:
         return self._req.num_preemptions
 
@@ -141,12 +140,9 @@ class VLLMRequestView:
 
     @property
     def max_tokens(self) -> int:
-        """The request's ``max_tokens`` cap (tokens), named as ``Request.max_tokens``."""
+        """The request's ``max_tokens`` cap (tokens), named as ``Request.max_tokens`` (a
+        streaming session's update may change it)."""
         return self._req.max_tokens
-
-    @property
-    def predicted_output_len(self) -> Optional[int]:
-        return None
 
     @property
     def output_len(self) -> int:

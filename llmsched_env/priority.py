@@ -160,16 +160,19 @@ class PriorityPlanner:
     def scores(self, engine, rule: Rule, late: Callable[[object], bool], due_slack_s: float) -> list[tuple]:
         """``(score, tiebreak, request)`` for every visible request, best first."""
         now = engine.now_s
-        reqs = [*engine.running.values(), *engine.iter_waiting()]
+        running = engine.running
+        reqs = [*running.values(), *engine.iter_waiting()]
         n = len(reqs)
         if n == 0:
             return []
+        n_run = len(running)
         order = sorted(range(n), key=lambda i: (reqs[i].arrival_s, reqs[i].rid))
         rank = [0.0] * n
         denom = max(1, n - 1)
         for pos, i in enumerate(order):
             rank[i] = pos / denom
-        # request_features inlined (the hot loop of every engine step; tested equal to it)
+        # request_features inlined (the hot loop of every engine step; tested equal to it); the
+        # running requests come first in ``reqs``, so ``i < n_run`` is ``status == RUNNING``
         (w_wait, w_dec, w_part, w_due, w_tbt, w_ttft, w_late, w_risk, w_prio, w_rank, w_left, w_prog,
          w_pred, w_ctx, w_pre) = rule.weights
         log2, inf = math.log2, math.inf
@@ -181,7 +184,7 @@ class PriorityPlanner:
             tt = r.token_times
             is_late = late(r)
             s = w_rank * rank[i]
-            if r.status != RUNNING:
+            if i >= n_run:
                 s += w_wait
             elif left <= 0:
                 s += w_dec
@@ -201,12 +204,17 @@ class PriorityPlanner:
                     s += w_risk
             if is_late:
                 s += w_late
-            s += w_prio * min(4.0, max(0.0, float(r.priority)))
-            s += w_left * (log2(1.0 + left) / 16.0 if left > 0 else 0.0)
+            prio = r.priority
+            s += w_prio * (0.0 if prio <= 0 else 4.0 if prio >= 4 else float(prio))
+            if left > 0:
+                s += w_left * log2(1.0 + left) / 16.0
             s += w_prog * (min(1.0, computed / target) if target > 0 else 1.0)
-            pred = r.predicted_output_len if r.predicted_output_len is not None else r.max_tokens
+            pred = r.predicted_output_len
+            if pred is None:
+                pred = r.max_tokens
             s += w_pred * (log2(1.0 + pred) / 16.0 if pred is not None else 1.0)
-            s += w_ctx * log2(1.0 + computed) / 16.0
+            if computed:
+                s += w_ctx * log2(1.0 + computed) / 16.0
             if r.num_preemptions:
                 s += w_pre
             out.append((s, i, r))
