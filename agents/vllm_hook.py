@@ -185,6 +185,7 @@ class LLMSchedScheduler(Scheduler):
             max_num_seqs=self.max_num_active_reqs,
             max_model_len=self.max_model_len,
             num_gpus=self.parallel_config.tensor_parallel_size,
+            prefix_caching=bool(self.cache_config.enable_prefix_caching),
         )
         # At most max_num_active_reqs finish per step: the log keeps several steps' worth.
         self._finished = FinishedLog(max(4 * self.max_num_active_reqs, 1024))

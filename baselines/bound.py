@@ -3,7 +3,9 @@ the requests that can meet their SLO (hence on the env's return), for workloads 
 the CP-SAT schedule (``baselines.optimal``), e.g. the default scenario's 100-request episodes.
 
 Both bounds hold for **every** schedule the engine accepts (with or without preemption, any
-chunking, prefix caching on or off), so no scheduler (heuristic, learned, or the CP-SAT optimum)
+chunking, prefix caching on or off: with it on, a request of a ``prefix_group`` may find up to
+its shared prefix in whole blocks, at most P - 1 tokens, cached, and the bounds count only the
+prompt tokens after that, ``computed_prompt``), so no scheduler (heuristic, learned, or the CP-SAT optimum)
 can beat them; ``tests/test_bound.py`` checks that on every registered heuristic and against the
 exact optimum of small instances.
 
@@ -124,13 +126,24 @@ class GpuBound:
     parts: dict = field(default_factory=dict)
 
 
+def computed_prompt(spec: RequestSpec, config: EngineConfig) -> int:
+    """The fewest prompt tokens a schedule computes for ``spec``: its prompt, less the most the
+    prefix cache can hold for it (with prefix caching on, its shared prefix in whole blocks, at
+    most P - 1 tokens, as the engine's cache hit)."""
+    if not config.prefix_caching or spec.prefix_group is None:
+        return spec.prompt_len
+    bs = config.block_size
+    return spec.prompt_len - (min(spec.prefix_len, spec.prompt_len - 1) // bs) * bs
+
+
 def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel,
                          preemption: bool = True) -> GpuBound:
     """The relaxation's lower bound on the GPU-seconds of serving ``specs`` (every request)."""
     c = _coefs(cost)
     P = np.array([s.prompt_len for s in specs], dtype=np.int64)
     O = np.array([s.output_len for s in specs], dtype=np.int64)
-    T = int(np.sum(P + O - 1))
+    H = P - np.array([computed_prompt(s, config) for s in specs], dtype=np.int64)  # cache hits
+    T = int(np.sum(P + O - 1 - H))
     bs, K = config.block_size, config.num_kv_blocks
     area = 0
     for p, o in zip(P.tolist(), O.tolist()):
@@ -144,12 +157,12 @@ def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cos
     J = J[T / J <= B] if np.any(T / J <= B) else J[-1:]
     tok = J * np.interp(T / J, hx, hy)
     k = int(np.argmin(tok))
-    # attention: prompt positions 0..P-1, generated positions P..P+O-2 (weights p + 1; InferMax's
-    # prefill counts 2p + 1 per prompt token, i.e. P^2 per prompt)
+    # attention: prompt positions H..P-1, generated positions P..P+O-2 (weights p + 1; InferMax's
+    # prefill counts 2p + 1 per prompt token, i.e. P^2 - H^2 per prompt)
     if c.get("prompt_weight") == "2p+1":
-        prompt = float(np.sum(P.astype(float) ** 2))
+        prompt = float(np.sum(P.astype(float) ** 2 - H.astype(float) ** 2))
     else:
-        prompt = float(np.sum(P * (P + 1) / 2))
+        prompt = float(np.sum(P * (P + 1) / 2 - H * (H + 1) / 2))
     gen = float(np.sum((O - 1) * P + (O - 1) * O / 2))  # sum over p = P..P+O-2 of (p + 1)
     gen_coef = min(c["att_decode"], c["att_recompute"]) if preemption else c["att_decode"]
     parts = {"tokens": float(tok[k]), "attention_prompt": c["att_prompt"] * prompt,
@@ -205,9 +218,11 @@ def slo_upper_bound(specs: Sequence[RequestSpec], config: EngineConfig, cost: Co
     B = config.max_num_batched_tokens
     cand, excluded = [], 0
     for s in specs:
-        # fastest possible first token: ceil(P / B) batches, each at least f(its tokens)
-        chunks = -(-s.prompt_len // B)
-        first = (chunks - 1) * c["token_s"](B) + c["token_s"](s.prompt_len - (chunks - 1) * B)
+        # fastest possible first token: ceil(P' / B) batches, each at least f(its tokens), with P'
+        # the prompt tokens it must compute
+        todo = computed_prompt(s, config)
+        chunks = -(-todo // B)
+        first = (chunks - 1) * c["token_s"](B) + c["token_s"](todo - (chunks - 1) * B)
         gaps = s.output_len - 1
         slow_tbt = gaps >= 1 and math.isfinite(s.tbt_slo_s) and min_step_s(cost, s.prompt_len) > s.tbt_slo_s
         # numpy's P99 of the gaps exceeds the target when more than 1% of them do; with every gap
@@ -224,7 +239,7 @@ def slo_upper_bound(specs: Sequence[RequestSpec], config: EngineConfig, cost: Co
     rows = []
     arr = np.array([s.arrival_s for s in finite])
     dl = np.array([s.arrival_s + s.ttft_slo_s for s in finite])
-    work = np.array([beta * s.prompt_len for s in finite])
+    work = np.array([beta * computed_prompt(s, config) for s in finite])
     for a in starts:
         for e in ends:
             if e <= a:

@@ -36,6 +36,10 @@ the next arrival) until the batch's members have arrived. Idling never helps any
 (tokens are emitted at batch ends), so the model never idles otherwise. ``L_j`` is the batch
 latency from ``baselines.optimal_cost`` (exact up to coefficient rounding).
 
+Prefix caching: the model has none (a preempted request recomputes its whole KV, as in vLLM
+without prefix caching), so every engine this module runs, the heuristics' and the replay's, has
+``prefix_caching`` off (``without_prefix_cache``); values and bounds are for that engine.
+
 Objectives: ``gpu_time`` minimises GPU busy seconds (sum of L_j x GPUs, InferMax's measure);
 ``slo`` maximises the requests meeting their SLO exactly as ``llmsched_env.metrics`` defines it
 (TTFT, and the numpy-interpolated P99 of the request's token gaps, encoded exactly through its two
@@ -92,11 +96,18 @@ class RecordedRun:
     latency_s: list[float] = field(default_factory=list)  # engine latency of each batch, seconds
 
 
+def without_prefix_cache(config: EngineConfig) -> EngineConfig:
+    """``config`` with prefix caching off: the engine the model describes (module docstring)."""
+    return replace(config, prefix_caching=False) if config.prefix_caching else config
+
+
 def record_run(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, scheduler) -> RecordedRun:
-    """Run ``scheduler`` to completion and keep its batches (idle steps dropped; evictions of a
-    preempt-only step carried to the next batch, where the engine's effect is the same)."""
+    """Run ``scheduler`` to completion (prefix caching off) and keep its batches (idle steps
+    dropped; evictions of a preempt-only step carried to the next batch, where the engine's
+    effect is the same)."""
     from llmsched_env.simulate import run
 
+    config = without_prefix_cache(config)
     plans: list[BatchPlan] = []
     lats: list[float] = []
     carried: set[int] = set()
@@ -837,7 +848,7 @@ class OptimalScheduler:
 
 
 def replay(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, result: SolveResult) -> dict:
-    """Replay a solved schedule through the engine with the real cost model.
+    """Replay a solved schedule through the engine (prefix caching off) with the real cost model.
 
     Returns the engine's metrics summary plus ``latency_error``: the largest and total relative
     difference between the model's batch latencies and the engine's (the linearisation error).
@@ -845,7 +856,7 @@ def replay(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, 
     from llmsched_env.simulate import run
 
     real: list[float] = []
-    summary = run(Engine(specs, config, cost), OptimalScheduler(result.plans),
+    summary = run(Engine(specs, without_prefix_cache(config), cost), OptimalScheduler(result.plans),
                   on_step=lambda e, p, res: None if res.idle else real.append(res.latency_s))
     model = result.model_latency_s
     if len(real) != len(model):

@@ -171,7 +171,7 @@ class SGLangScheduler:
             if resident >= cfg.max_num_seqs:
                 self._full = True
                 break
-            extend = req.prefill_target
+            extend = req.remaining_prefill  # SGLang's extend_input_len: the prompt past its cached prefix
             paged = -(-extend // bs) * bs
             total = extend + self._future(req)
             if total >= avail - offset:

@@ -58,9 +58,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preemption-mode", choices=["recompute", "swap"],
                    help="what a preemption does with the victim's KV (default recompute, vLLM's; swap: "
                         "to host memory and back over the GPU's host link, as vLLM v0 can)")
-    g.add_argument("--prefix-caching", action="store_true", default=None,
+    g.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="cache freed full KV blocks by content (LRU), as vLLM v1's automatic prefix "
-                        "caching: a preempted request or a conversation's next turn reuses them")
+                        "caching: a preempted request or a conversation's next turn reuses them "
+                        "(default on, as in vLLM v1; --no-prefix-caching turns it off)")
     g.add_argument("--swap-space", type=float, help="host memory for swapped-out KV, GiB per GPU "
                    "(default 4, vLLM v0's --swap-space)")
 

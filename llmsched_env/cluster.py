@@ -120,13 +120,14 @@ class ReplicaState:
     def known_tokens_left(self) -> int:
         """Tokens the engine must still process for the requests here, counting only what is
         known without output lengths: sum over unfinished requests of (prompt - 1 +
-        recomputed - processed) tokens. Adding each unfinished request's (expected) output
-        length gives its work left: for a never-preempted request with k of p prompt tokens
-        computed and g tokens generated, (p - k) + (out - g - 1) while prefilling, out - g
-        while decoding. Exact from the engine's counters, O(1)."""
+        recomputed - found in the prefix cache - processed) tokens. Adding each unfinished
+        request's (expected) output length gives its work left: for a never-preempted request
+        with k of p prompt tokens computed and g tokens generated, (p - k) + (out - g - 1) while
+        prefilling, out - g while decoding. A waiting request's prefix-cache hit counts from its
+        admission (until then its blocks may be evicted). Exact from the engine's counters, O(1)."""
         e = self.engine
-        return (self.routed_prompt_tokens - self.routed + e.recomputed_tokens - e.processed_tokens
-                + self.finished_output_tokens)
+        return (self.routed_prompt_tokens - self.routed + e.recomputed_tokens - e.prefix_hit_tokens
+                - e.processed_tokens + self.finished_output_tokens)
 
     @property
     def prompt_tokens_left(self) -> int:
@@ -135,7 +136,8 @@ class ReplicaState:
         Adding the expected decode tokens left of each unfinished request gives its work left.
         Never negative; O(1)."""
         e = self.engine
-        return self.routed_prompt_tokens - self.routed + e.recomputed_tokens - e.processed_tokens + self.generated_tokens
+        return (self.routed_prompt_tokens - self.routed + e.recomputed_tokens - e.prefix_hit_tokens
+                - e.processed_tokens + self.generated_tokens)
 
     def _on_route(self, spec: RequestSpec) -> None:
         self.engine.add_arrival(spec)

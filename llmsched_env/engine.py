@@ -43,7 +43,8 @@ class EngineConfig:
             running the model).
         prefix_caching: keep freed full blocks cached by content (LRU) so a request that needs
             them again starts with them computed (vLLM v1's automatic prefix caching, see
-            ``prefix_cache.py``): a waiting request's ``num_computed`` is its cache hit.
+            ``prefix_cache.py``; on by default, as in vLLM v1): a waiting request's
+            ``num_computed`` is its cache hit.
     """
 
     num_kv_blocks: int
@@ -55,7 +56,7 @@ class EngineConfig:
     preemption_mode: str = "recompute"
     swap_space_blocks: int = 0
     swap_s_per_block: float = 0.0
-    prefix_caching: bool = False
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         problems = []

@@ -9,7 +9,8 @@ import tests.vllm_required  # noqa: F401  (skips this module without vLLM)
 
 from vllm.v1.core.sched.scheduler import Scheduler as VLLMScheduler  # noqa: E402
 
-from agents.vllm_offline import build_scheduler, fake_step, make_request, tiny_model_config  # noqa: E402
+from agents.vllm_offline import (block_hasher, build_scheduler, fake_step, make_request,  # noqa: E402
+                                 tiny_model_config)
 from llmsched_env.cost_model import LinearCostModel  # noqa: E402
 from llmsched_env.engine import Engine, EngineConfig  # noqa: E402
 from llmsched_env.request import RequestSpec  # noqa: E402
@@ -25,12 +26,13 @@ def model_config(tmp_path_factory):
     return tiny_model_config(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def native_plans(model_config, policy: str) -> list:
+def native_plans(model_config, policy: str, prefix_caching: bool) -> list:
     """vLLM's scheduler: 15 blocks (one is vLLM's null block), budget 64, 4 sequences."""
     sched = build_scheduler(model_config, VLLMScheduler, num_blocks=15, block_size=BLOCK, budget=64,
-                            max_seqs=4, sched_policy=policy)
+                            max_seqs=4, sched_policy=policy, prefix_caching=prefix_caching)
+    hasher = block_hasher(sched) if prefix_caching else None
     for i, (p, o, prio) in enumerate(LENGTHS):
-        sched.add_request(make_request(i, p, o, priority=prio))
+        sched.add_request(make_request(i, p, o, priority=prio, hasher=hasher))
     plans = []
     while sched.has_requests():
         out = fake_step(sched)
@@ -42,11 +44,12 @@ def native_plans(model_config, policy: str) -> list:
     return plans
 
 
-def simulated_plans(spec: str) -> list:
+def simulated_plans(spec: str, prefix_caching: bool) -> list:
     specs = [RequestSpec(rid=i, arrival_s=0.0, prompt_len=p, output_len=o, priority=prio)
              for i, (p, o, prio) in enumerate(LENGTHS)]
     eng = Engine(specs, EngineConfig(num_kv_blocks=14, block_size=BLOCK, max_num_batched_tokens=64,
-                                     max_num_seqs=4), LinearCostModel(base_s=0.01, per_token_s=1e-4))
+                                     max_num_seqs=4, prefix_caching=prefix_caching),
+                 LinearCostModel(base_s=0.01, per_token_s=1e-4))
     sched = make_scheduler(spec)
     plans = []
     while not eng.done:
@@ -56,10 +59,12 @@ def simulated_plans(spec: str) -> list:
     return plans
 
 
+@pytest.mark.parametrize("prefix_caching", [True, False])
 @pytest.mark.parametrize("policy, spec", [("fcfs", "vllm-v1"), ("priority", "vllm-v1:policy=priority")])
-def test_vllm_v1_schedules_what_vllm_schedules(model_config, policy, spec):
-    native = native_plans(model_config, policy)
-    assert simulated_plans(spec) == native
+def test_vllm_v1_schedules_what_vllm_schedules(model_config, policy, spec, prefix_caching):
+    """With vLLM's prefix caching (a preempted request finds its own freed blocks) and without."""
+    native = native_plans(model_config, policy, prefix_caching)
+    assert simulated_plans(spec, prefix_caching) == native
     assert any(pre for _, pre in native), "the workload should exercise preemption"
 
 
@@ -82,7 +87,8 @@ def test_priority_self_preemption_goes_on_with_the_next_running_request(model_co
                            {int(r.split("-")[1]) for r in out.preempted_req_ids}))
 
     def simulated(spec):
-        cfg = EngineConfig(num_kv_blocks=14, block_size=BLOCK, max_num_batched_tokens=64, max_num_seqs=4)
+        cfg = EngineConfig(num_kv_blocks=14, block_size=BLOCK, max_num_batched_tokens=64, max_num_seqs=4,
+                           prefix_caching=False)  # as the native side
         cost = LinearCostModel(base_s=0.01, per_token_s=1e-4)
         alone = Engine([RequestSpec(0, 0.0, 100, 40, priority=5)], cfg, cost)
         for _ in range(k):

@@ -89,3 +89,31 @@ def test_solve_bound_only_on_a_scenario_episode(tmp_path, shared_data, capsys):
     except SystemExit as e:
         rc = e.code
     assert rc == 2 and "--scenario 'nope' is unknown" in capsys.readouterr().err
+
+
+def test_bounds_hold_with_prefix_caching_on_conversations(shared_data):
+    """Conversation turns find their history in the prefix cache: the bounds count only the prompt
+    tokens after the shared prefix, so no scheduler beats them on the caching engine either."""
+    from llmsched_env.engine import Engine
+    from llmsched_env.scheduler import heuristic_schedulers, make_scheduler
+    from llmsched_env.simulate import run
+
+    p = get_preset("h100-llama3-8b")
+    specs = build_workload(WorkloadConfig(num_requests=60, arrival="poisson", rate=12.0, lengths="trace",
+                                          trace="splitwise_conv", seed=5, oversize="drop", conversation_turns=4,
+                                          think_time_s=0.5, max_total_len=4096))
+    assert sum(s.prefix_group is not None and s.prefix_len >= 16 for s in specs) >= 10
+    on, off = p.engine_config(num_kv_blocks=1024), p.engine_config(num_kv_blocks=1024, prefix_caching=False)
+    lb = gpu_time_lower_bound(specs, on, p.cost_model).value
+    ub = slo_upper_bound(specs, on, p.cost_model).value
+    assert lb < gpu_time_lower_bound(specs, off, p.cost_model).value
+    assert ub >= slo_upper_bound(specs, off, p.cost_model).value
+    hits = 0
+    for name in ("fcfs", "sarathi", "slai", "vllm-v1", "infermax-srf", "sglang"):
+        assert name in heuristic_schedulers()
+        eng = Engine(specs, on, p.cost_model)
+        s = run(eng, make_scheduler(name))
+        hits += s["prefix_hit_tokens"]
+        assert s["gpu_busy_s"] >= lb, name
+        assert s["num_slo_met"] <= ub, name
+    assert hits > 0

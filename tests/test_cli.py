@@ -122,12 +122,16 @@ def test_simulate_with_swap_preemption_reports_the_host_copies(tmp_path):
 
 
 def test_simulate_with_prefix_caching_reuses_conversation_history(tmp_path):
+    """On by default (as in vLLM v1); --no-prefix-caching turns it off."""
     out = tmp_path / "p.json"
     argv = ["simulate", "--num-requests", "300", "--conversation-turns", "4", "--no-progress", "--json", str(out)]
-    assert main(argv) == 0
+    assert main([*argv, "--no-prefix-caching"]) == 0
     off = json.loads(out.read_text())
-    assert main([*argv, "--prefix-caching"]) == 0
+    assert main(argv) == 0
     on = json.loads(out.read_text())
+    assert main([*argv, "--prefix-caching"]) == 0
+    again = json.loads(out.read_text())
+    assert again["processed_tokens"] == on["processed_tokens"] and again["prefix_hit_tokens"] == on["prefix_hit_tokens"]
     assert off["prefix_hit_tokens"] == 0 and on["prefix_hit_tokens"] > 0
     assert on["processed_tokens"] == off["processed_tokens"] - on["prefix_hit_tokens"]  # no preemption here
     assert off["num_preemptions"] == on["num_preemptions"] == 0

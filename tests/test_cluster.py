@@ -11,6 +11,7 @@ from llmsched_env.cluster import Cluster, ReplicaSpec, cluster_metrics, replicas
 from llmsched_env.cost_model import LinearCostModel
 from llmsched_env.engine import Engine, EngineConfig, SchedulerStalled, WorkloadRejected
 from llmsched_env.plan import BatchPlan
+from llmsched_env.request import WAITING
 from llmsched_env.router import RouteError, RoutePlan, make_router
 from llmsched_env.scheduler import make_scheduler
 from llmsched_env.simulate import run, simulate
@@ -123,15 +124,14 @@ class CheckedCluster(Cluster):
         assert len(e.running) <= e.config.max_num_seqs
         assert rep.waiting_kv_blocks == sum(e.blocks_for(r.prefill_target) for r in e.iter_waiting())
         # known tokens left + each unfinished request's true output = the work left (brute force)
-        left = 0
-        for r in e.requests.values():
-            if r.num_generated >= r.output_len:
-                continue
-            left += max(0, r.prefill_target - r.num_computed) + r.output_len - r.num_generated - r.is_prefilling
-        truth = sum(r.output_len for r in e.requests.values() if r.num_generated < r.output_len)
-        assert rep.known_tokens_left + truth == left
-        assert rep.prompt_tokens_left == sum(max(0, r.prefill_target - r.num_computed) - r.is_prefilling
-                                             for r in e.requests.values() if r.num_generated < r.output_len)
+        def prompt_left(r):  # a waiting request's prefix-cache hit (KV not on the host) counts from its admission
+            computed = 0 if r.status == WAITING and not r.host_blocks else r.num_computed
+            return max(0, r.prefill_target - computed) - r.is_prefilling
+
+        unfinished = [r for r in e.requests.values() if r.num_generated < r.output_len]
+        left = sum(prompt_left(r) + r.output_len - r.num_generated for r in unfinished)
+        assert rep.known_tokens_left + sum(r.output_len for r in unfinished) == left
+        assert rep.prompt_tokens_left == sum(prompt_left(r) for r in unfinished)
         assert rep.outstanding_requests == e.num_waiting + len(e.running)
 
 

@@ -24,7 +24,7 @@ def test_chunked_prefill_then_one_token_per_decode_step():
 
 
 def test_preemption_recomputes_prompt_plus_generated():
-    eng = make_engine([spec(0, prompt=8, output=5)])
+    eng = make_engine([spec(0, prompt=8, output=5)], prefix_caching=False)  # cached: tests/test_prefix_cache.py
     eng.step(BatchPlan({0: 8}))
     eng.step(BatchPlan({0: 1}))
     req = eng.requests[0]

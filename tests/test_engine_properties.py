@@ -37,12 +37,12 @@ workloads = st.lists(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workloads, st.integers(0, 2**32 - 1), st.integers(8, 20), st.sampled_from([1, 2, 4]),
-       st.integers(8, 48), st.integers(1, 6))
-def test_random_plans_keep_invariants(wl, seed, kv_blocks, block, budget, max_seqs):
+       st.integers(8, 48), st.integers(1, 6), st.booleans())
+def test_random_plans_keep_invariants(wl, seed, kv_blocks, block, budget, max_seqs, prefix_caching):
     specs = [spec(i, arrival=t, prompt=p, output=o) for i, (t, p, o) in enumerate(wl)]
     need = max(-(-(p + o - 1) // block) for _, p, o in wl)
     eng = make_engine(specs, num_kv_blocks=max(kv_blocks, need), block_size=block, budget=max(budget, 1),
-                      max_seqs=max_seqs)
+                      max_seqs=max_seqs, prefix_caching=prefix_caching)
     rng = random.Random(seed)
     fallback = make_scheduler("fcfs")
     last_now = eng.now_s
@@ -61,11 +61,16 @@ def test_random_plans_keep_invariants(wl, seed, kv_blocks, block, budget, max_se
         assert eng.used_blocks <= eng.config.num_kv_blocks
         assert eng.used_blocks == sum(r.num_blocks for r in eng.running.values())
         assert all(r.num_blocks == -(-r.num_computed // block) for r in eng.running.values())
-        assert all(r.num_computed == 0 for r in eng.requests.values() if r.status == WAITING)
+        for r in eng.requests.values():
+            if r.status == WAITING:  # nothing computed, or (prefix caching) its cached whole blocks
+                assert r.num_computed == 0 or (prefix_caching and r.num_computed % block == 0
+                                               and r.num_computed < r.prefill_target)
         assert len(eng.running) <= max_seqs
     assert eng.done
     for r in eng.finished:
         assert r.num_generated == r.output_len == len(r.token_times)
         assert r.token_times == sorted(r.token_times) and r.token_times[0] >= r.arrival_s
-    # Every request ends with prompt + output - 1 tokens of KV computed; preemption adds the waste.
-    assert eng.processed_tokens == sum(p + o - 1 for _, p, o in wl) + eng.recomputed_tokens
+    # Every request ends with prompt + output - 1 tokens of KV computed; preemption adds the waste,
+    # less what a returning request found in the prefix cache.
+    assert eng.processed_tokens == sum(p + o - 1 for _, p, o in wl) + eng.recomputed_tokens - eng.prefix_hit_tokens
+    assert prefix_caching or eng.prefix_hit_tokens == 0

@@ -42,7 +42,8 @@ def test_a_swapped_in_request_must_be_given_what_it_is_owed():
 
 def test_victims_beyond_the_host_space_are_recomputed():
     eng = make_engine([spec(0, prompt=12, output=4), spec(1, prompt=12, output=4)],
-                      preemption_mode="swap", swap_space_blocks=4, swap_s_per_block=0.001)
+                      preemption_mode="swap", swap_space_blocks=4, swap_s_per_block=0.001,
+                      prefix_caching=False)  # else 0 finds its freed blocks cached
     eng.step(BatchPlan({0: 12, 1: 12}))  # 3 blocks each, 1 generated token each
     r = eng.step(BatchPlan({}, {0, 1}))
     # Newest admitted first: 1 swaps (3 of the 4 host blocks), 0 does not fit and recomputes.

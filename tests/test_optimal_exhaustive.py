@@ -9,6 +9,7 @@ search with memoisation, over at most the model's J batches.
 from __future__ import annotations
 
 import copy
+import functools
 import heapq
 import itertools
 
@@ -164,27 +165,30 @@ def best_history_objective(eng: Engine, preemption: bool, objective: str, max_ba
     return go(eng, max_batches)
 
 
+# the engine the CP-SAT model describes: a preempted request recomputes all of its KV
+NoCache = functools.partial(EngineConfig, prefix_caching=False)
+
 INSTANCES = {
     # two requests competing for 4 KV tokens (block 1): preemption can pay off
     "kv-tight": ([spec(0, prompt=3, output=2, ttft=0.035, tbt=0.0225), spec(1, prompt=2, output=3, ttft=0.0455, tbt=0.0225)],
-                 EngineConfig(num_kv_blocks=5, block_size=1, max_num_batched_tokens=4, max_num_seqs=2)),
+                 NoCache(num_kv_blocks=5, block_size=1, max_num_batched_tokens=4, max_num_seqs=2)),
     # a late arrival, block size 2, one sequence slot at a time
     "arrival": ([spec(0, prompt=2, output=2, ttft=0.04, tbt=0.03), spec(1, arrival=0.012, prompt=3, output=2, ttft=0.025, tbt=0.03)],
-                EngineConfig(num_kv_blocks=3, block_size=2, max_num_batched_tokens=3, max_num_seqs=1)),
+                NoCache(num_kv_blocks=3, block_size=2, max_num_batched_tokens=3, max_num_seqs=1)),
     # three requests, roomy KV
     "three": ([spec(0, prompt=2, output=2, ttft=0.03, tbt=0.0125), spec(1, prompt=1, output=2, ttft=0.03, tbt=0.0125),
                spec(2, prompt=2, output=1, ttft=0.0165, tbt=0.0125)],
-              EngineConfig(num_kv_blocks=4, block_size=2, max_num_batched_tokens=3, max_num_seqs=3)),
+              NoCache(num_kv_blocks=4, block_size=2, max_num_batched_tokens=3, max_num_seqs=3)),
 }
 # Smaller ones for the history-dependent objectives (the search there cannot merge states by time)
 SMALL = {
     "kv-tight": ([spec(0, prompt=2, output=2, ttft=0.0245, tbt=0.0135), spec(1, prompt=1, output=2, ttft=0.0245, tbt=0.0135)],
-                 EngineConfig(num_kv_blocks=3, block_size=1, max_num_batched_tokens=2, max_num_seqs=2)),
+                 NoCache(num_kv_blocks=3, block_size=1, max_num_batched_tokens=2, max_num_seqs=2)),
     "arrival": ([spec(0, prompt=2, output=2, ttft=0.04, tbt=0.03), spec(1, arrival=0.012, prompt=1, output=2, ttft=0.0245, tbt=0.03)],
-                EngineConfig(num_kv_blocks=2, block_size=2, max_num_batched_tokens=3, max_num_seqs=1)),
+                NoCache(num_kv_blocks=2, block_size=2, max_num_batched_tokens=3, max_num_seqs=1)),
     "three": ([spec(0, prompt=1, output=2, ttft=0.03, tbt=0.0125), spec(1, prompt=1, output=2, ttft=0.0235, tbt=0.0125),
                spec(2, prompt=1, output=1, ttft=0.0125, tbt=0.0125)],
-              EngineConfig(num_kv_blocks=2, block_size=2, max_num_batched_tokens=3, max_num_seqs=2)),
+              NoCache(num_kv_blocks=2, block_size=2, max_num_batched_tokens=3, max_num_seqs=2)),
 }
 
 

@@ -2,6 +2,7 @@
 request's tail evicted first, reused by the request itself after a recompute preemption and by a
 conversation's next turn; every token of work is accounted for."""
 from llmsched_env import BatchPlan, make_scheduler, run
+from llmsched_env.engine import EngineConfig
 from llmsched_env.request import WAITING
 from tests.conftest import make_engine, spec
 
@@ -58,12 +59,13 @@ def test_a_conversation_turn_reuses_the_previous_turns_blocks():
     assert eng.processed_tokens == (10 + 3 - 1) + (20 + 2 - 1) - 12
 
 
-def test_off_by_default_and_every_token_is_accounted_for():
+def test_on_by_default_and_every_token_is_accounted_for():
+    assert EngineConfig(num_kv_blocks=8).prefix_caching  # as vLLM v1's enable_prefix_caching
     specs = [spec(i, arrival=0.002 * i, prompt=10 + i % 7, output=20, ttft=10, tbt=10) for i in range(16)]
     base = sum(s.prompt_len + s.output_len - 1 for s in specs)
-    for kw in ({}, PC):
+    for kw in (dict(prefix_caching=False), PC):
         eng = make_engine(specs, num_kv_blocks=30, budget=64, max_seqs=8, **kw)
         run(eng, make_scheduler("vllm-v1"), max_steps=10_000)
         assert eng.done and eng.num_preemptions > 0
         assert eng.processed_tokens == base + eng.recomputed_tokens - eng.prefix_hit_tokens
-        assert (eng.prefix_hit_tokens > 0) == bool(kw)
+        assert (eng.prefix_hit_tokens > 0) == kw["prefix_caching"]

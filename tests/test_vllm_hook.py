@@ -107,7 +107,8 @@ def simulate_plans(policy_name, lengths, num_kv_blocks, budget, max_seqs, **opti
     specs = [RequestSpec(rid=i, arrival_s=0.0, prompt_len=p, output_len=o, max_tokens=o)
              for i, (p, o) in enumerate(lengths)]  # max_tokens as vllm_request sets it
     eng = Engine(specs, EngineConfig(num_kv_blocks=num_kv_blocks, block_size=BLOCK,
-                                     max_num_batched_tokens=budget, max_num_seqs=max_seqs),
+                                     max_num_batched_tokens=budget, max_num_seqs=max_seqs,
+                                     prefix_caching=False),  # as build() makes vLLM's
                  LinearCostModel(base_s=0.01, per_token_s=1e-4))
     sched = make_scheduler(policy_name, **options)
     plans = []

@@ -237,7 +237,8 @@ def _engine(lengths):
     specs = [RequestSpec(rid=i, arrival_s=0.0, prompt_len=p, output_len=o, max_tokens=o)
              for i, (p, o) in enumerate(lengths)]
     return Engine(specs, EngineConfig(num_kv_blocks=64, block_size=BLOCK,
-                                      max_num_batched_tokens=256, max_num_seqs=8),
+                                      max_num_batched_tokens=256, max_num_seqs=8,
+                                      prefix_caching=False),  # as the vLLM side is built
                   LinearCostModel(0.01, 1e-4))
 
 
