@@ -37,3 +37,13 @@ def test_env_baselines_same_results_serially_and_on_a_pool(tmp_path):
                                    "--json", str(path)]) == 0
         out.append(json.loads(path.read_text()))
     assert out[0] == out[1] and set(out[0]) == {"fcfs", "slai"}
+
+
+def test_readme_status_line_says_where_the_policy_beats_ties_or_loses():
+    def res(setting, low, mean, high):
+        return {"setting": setting, "episodes": 20, "best": "slai",
+                "heuristics": {"slai": {"return": 50.0, "policy_minus_return": {"low": low, "mean": mean, "high": high}}}}
+    line = pvh.status([res("default", 1.0, 5.0, 9.0), res("heavy", -1.0, 1.0, 3.0), res("arxiv", -4.0, -2.0, -0.5)])
+    assert "beats the best heuristic in 1 of 3 settings (default +10.0% vs slai)" in line
+    assert "ties the best heuristic in 1 of 3 settings (heavy +2.0% vs slai)" in line
+    assert "loses to the best heuristic in 1 of 3 settings (arxiv -4.0% vs slai)" in line
