@@ -9,8 +9,9 @@ For each episode (the workload and engine ``ServingEnv.reset(seed)`` draws) the 
 requests meeting their SLO <= ``met_ub``, so the env's return (met - lambda x GPU-s) <=
 ``met_ub - lambda x GPU_lb``. Reported per scheduler, mean over episodes with 95% t-intervals:
 GPU-s / GPU_lb (>= 1), met_ub - met (>= 0) and the return's distance to its bound (>= 0). An
-episode the env truncated (``max_steps``) before every request finished is left out for every
-scheduler (the GPU bound counts serving all requests).
+episode the env truncated (``max_steps``) before every request finished is left out for the
+scheduler it truncated (the GPU bound counts serving all requests); its row says how many it
+served.
 """
 from __future__ import annotations
 
@@ -54,19 +55,27 @@ def episode(job: tuple) -> dict:
 
 
 def summarize_gaps(eps: list[dict], specs_: list[str]) -> dict:
-    full = [e for e in eps if all(e["rows"][s]["num_finished"] == e["num_requests"] for s in specs_)]
+    """Per scheduler, means and 95% t-intervals over the episodes it served to the end (an episode
+    the env truncated before every request finished is left out for that scheduler: the GPU
+    bound counts serving every request); ``episodes`` counts those with no scheduler truncated."""
+    def done(e, s):
+        return e["rows"][s]["num_finished"] == e["num_requests"]
+
+    full = [e for e in eps if all(done(e, s) for s in specs_)]
     out = {"episodes": len(full), "truncated": len(eps) - len(full), "schedulers": {}}
     for s in specs_:
-        met = [e["rows"][s]["slo_attainment"] * e["num_requests"] for e in full]
+        mine = [e for e in eps if done(e, s)]
+        met = [e["rows"][s]["slo_attainment"] * e["num_requests"] for e in mine]
         out["schedulers"][s] = {
-            "gpu_over_lb": t_interval([e["rows"][s]["gpu_busy_s"] / e["gpu_lb"] for e in full]).to_dict(),
-            "met_gap": t_interval([e["met_ub"] - m for e, m in zip(full, met)]).to_dict(),
-            "return_gap": t_interval([e["return_ub"] - e["rows"][s]["return"] for e in full]).to_dict(),
-            "return": t_interval([e["rows"][s]["return"] for e in full]).to_dict()}
-    out["bounds"] = {"gpu_lb": t_interval([e["gpu_lb"] for e in full]).to_dict(),
-                     "met_ub": t_interval([e["met_ub"] for e in full]).to_dict(),
-                     "return_ub": t_interval([e["return_ub"] for e in full]).to_dict(),
-                     "met_ub_exact": sum(e["met_ub_exact"] for e in full),
+            "episodes": len(mine),
+            "gpu_over_lb": t_interval([e["rows"][s]["gpu_busy_s"] / e["gpu_lb"] for e in mine]).to_dict(),
+            "met_gap": t_interval([e["met_ub"] - m for e, m in zip(mine, met)]).to_dict(),
+            "return_gap": t_interval([e["return_ub"] - e["rows"][s]["return"] for e in mine]).to_dict(),
+            "return": t_interval([e["rows"][s]["return"] for e in mine]).to_dict()}
+    out["bounds"] = {"gpu_lb": t_interval([e["gpu_lb"] for e in eps]).to_dict(),
+                     "met_ub": t_interval([e["met_ub"] for e in eps]).to_dict(),
+                     "return_ub": t_interval([e["return_ub"] for e in eps]).to_dict(),
+                     "met_ub_exact": sum(e["met_ub_exact"] for e in eps),
                      "bound_s_max": max((e["bound_s"] for e in eps), default=0.0)}
     return out
 
@@ -88,17 +97,17 @@ def main(argv=None) -> int:
     eps = run_jobs(episode, jobs, workers=a.workers, label="episodes")
     res = summarize_gaps(eps, specs_)
     b = res["bounds"]
-    t = Table(title=f"{a.scenario}: {res['episodes']} episodes from seed {a.seed} ({res['truncated']} truncated, "
-                    f"left out); bounds: GPU_lb {b['gpu_lb']['mean']:.1f} GPU-s, met_ub {b['met_ub']['mean']:.1f}, "
+    t = Table(title=f"{a.scenario}: {a.episodes} episodes from seed {a.seed} ({res['truncated']} truncated by "
+                    f"some scheduler); bounds: GPU_lb {b['gpu_lb']['mean']:.1f} GPU-s, met_ub {b['met_ub']['mean']:.1f}, "
                     f"return_ub {b['return_ub']['mean']:.2f}")
-    for c in ("scheduler", "return", "GPU-s / GPU_lb", "met_ub - met", "return_ub - return"):
+    for c in ("scheduler", "episodes", "return", "GPU-s / GPU_lb", "met_ub - met", "return_ub - return"):
         t.add_column(c, justify="left" if c == "scheduler" else "right")
 
     def ci(d, f="{:.2f}"):
         return f"{f.format(d['mean'])} [{f.format(d['low'])}, {f.format(d['high'])}]"
 
     for s, v in res["schedulers"].items():
-        t.add_row(s, f"{v['return']['mean']:.2f}", ci(v["gpu_over_lb"], "{:.3f}"), ci(v["met_gap"]),
+        t.add_row(s, str(v["episodes"]), f"{v['return']['mean']:.2f}", ci(v["gpu_over_lb"], "{:.3f}"), ci(v["met_gap"]),
                   ci(v["return_gap"]))
     Console(width=150).print(t)
     if a.json:

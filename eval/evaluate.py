@@ -55,6 +55,9 @@ class UsageError(ValueError):
     """Bad arguments: reported before anything runs."""
 
 
+HEADROOM_SCENARIO = "default"  # env scenario of the headroom section (bound_gap), with the default-scenario suite
+
+
 def default_heuristics() -> list[str]:
     names = [n for n in heuristic_schedulers() if n not in NOT_HEURISTICS and n not in DEFAULT_SKIP]
     return names + list(DEFAULT_EXTRA)
@@ -209,6 +212,19 @@ def evaluate(suites: list[Suite], entrants: list[str], seed: int = 0, workers: i
                        "solve_s": solve_s}}
 
 
+def headroom(entrants: list[str], episodes: int, seed: int = 10_000, workers: int = 1, progress: bool = True,
+             ray: bool = False, ray_address: Optional[str] = None) -> dict:
+    """Every entrant's distance to the relaxation bounds (``eval/bound_gap.py``) on ``episodes``
+    held-out episodes of the default env scenario (the policy's training distribution), from
+    reset seed ``seed``: means and 95% t-intervals."""
+    from eval.bound_gap import episode, summarize_gaps
+    from llmsched_env import runner
+    jobs = [(HEADROOM_SCENARIO, seed + k, list(entrants), 20.0) for k in range(episodes)]
+    eps = runner.run_jobs(episode, jobs, workers=workers, ray=ray, ray_address=ray_address, progress=progress,
+                          label="headroom episodes")
+    return {**summarize_gaps(eps, list(entrants)), "scenario": HEADROOM_SCENARIO, "seeds": [seed, seed + episodes - 1]}
+
+
 def count_failures(result: dict) -> int:
     """Runs that failed, not counting schedulers' documented refusals of a workload."""
     n = 0
@@ -270,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ray", action="store_true", help="run the jobs on Ray (a local instance unless "
                                                       "--ray-address); needs pip install 'llmsched[ray]'")
     ap.add_argument("--ray-address", help="run the jobs on this Ray cluster ('auto' or ray://host:port)")
+    ap.add_argument("--headroom-episodes", type=int,
+                    help="held-out default-scenario episodes for the distance to the relaxation bounds, run when "
+                         "the default-scenario suite is evaluated (default 20, 2 with --quick; 0 = none)")
     ap.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--list", action="store_true", help="list suites and schedulers, then exit")
@@ -293,6 +312,9 @@ def main(argv=None) -> int:
     try:
         if a.workers < 1:
             raise UsageError(f"--workers {a.workers}: must be >= 1")
+        if a.headroom_episodes is not None and (a.headroom_episodes < 0 or a.headroom_episodes == 1):
+            raise UsageError(f"--headroom-episodes {a.headroom_episodes}: 0 (none) or >= 2 (a confidence interval "
+                             "needs two)")
         if a.trace is None and (a.rate_scale or a.rates):
             raise UsageError("--rate-scale / --rates apply to --trace only (suites define their own rates)")
         suites = resolve_suites(a)
@@ -318,6 +340,12 @@ def main(argv=None) -> int:
             return 2
     result = evaluate(suites, entrants, a.seed, a.workers, not a.no_progress, console, policy_suites,
                       a.ray, a.ray_address)
+    n_head = a.headroom_episodes if a.headroom_episodes is not None else (2 if a.quick else 20)
+    if n_head and any(s.name == DEFAULT_POLICY_SUITE for s in suites):
+        t = time.perf_counter()
+        result["headroom"] = headroom(entrants, n_head, workers=a.workers, progress=not a.no_progress,
+                                      ray=a.ray, ray_address=a.ray_address)
+        result["timing"]["headroom_s"] = time.perf_counter() - t
     result["meta"] = {"command": "python eval/evaluate.py " + shlex.join(argv), "commit": _commit(),
                       "entrants": entrants, "quick": a.quick, "base_seed": a.seed,
                       "policy_suites": sorted(policy_suites) if policy_suites is not None else "all",

@@ -112,6 +112,12 @@ def test_quick_end_to_end_and_deterministic(tmp_path, shared_data):
     att = [float(r["mean"]) for r in rows if r["metric"] == "slo_attainment"]
     assert att and all(0.0 <= x <= 1.0 for x in att)
     res = json.loads((a / "evaluation.json").read_text())
+    # the headroom section: every scheduler's distance to the relaxation bounds, never negative
+    assert "## Headroom: distance to the relaxation bounds" in md
+    head = res["headroom"]
+    assert head["episodes"] == 2 and set(head["schedulers"]) == {"fcfs", "sarathi:token_budget=256"}
+    for v in head["schedulers"].values():
+        assert v["gpu_over_lb"]["mean"] >= 1 and v["met_gap"]["mean"] >= 0 and v["return_gap"]["mean"] >= 0
     per_seed = res["suites"]["default-scenario"]["conditions"][0]["entrants"]["fcfs"]["per_seed"]
     assert len(per_seed) == 2 and all(0 < r["num_requests"] <= 30 for r in per_seed)
     imgs = sorted(p.name for p in (a / "img").glob("*.png"))
@@ -126,6 +132,9 @@ def test_quick_end_to_end_and_deterministic(tmp_path, shared_data):
     assert (a / "evaluation.csv").read_bytes() == (b / "evaluation.csv").read_bytes()
     rb = json.loads((b / "evaluation.json").read_text())
     assert rb["suites"] == res["suites"]
+    for h in (rb["headroom"], res["headroom"]):
+        h["bounds"].pop("bound_s_max")  # a timing
+    assert rb["headroom"] == res["headroom"]
     # the report again from the JSON alone: same CSV, same plots listed
     c = tmp_path / "c"
     assert main(["--from-json", str(a / "evaluation.json"), "--out", str(c), "--workers", "1"]) == 0
@@ -156,3 +165,12 @@ def test_small_instance_gap_or_skip(tmp_path, shared_data):
         assert all(r["gap_to_bound_pct"] >= -1e-3 for r in cond[name]["per_seed"])
     assert abs(cond["optimal"]["stats"]["gap_to_bound_pct"]["mean"]) < 0.1
     assert (out / "img" / "tiny_gap.png").exists()
+
+
+def test_make_eval_command_runs_in_quick_mode(tmp_path, shared_data):
+    """`make eval POLICY=agents/zoo/default` (what regenerates docs/evaluation.md) in quick mode:
+    every suite, every heuristic, the shipped policy on the default scenario and its headroom."""
+    out = tmp_path / "docs"
+    assert main(["--quick", "--policy", "agents/zoo/default", "--out", str(out), "--no-progress", "--workers", "2"]) == 0
+    md = (out / "evaluation.md").read_text()
+    assert "**quick mode**" in md and "## Headroom" in md and "| `ppo:path=agents/zoo/default` |" in md
