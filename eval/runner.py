@@ -104,12 +104,13 @@ def run_job(job: RunJob) -> dict:
 
 
 def run_optimal_job(job: OptimalJob) -> dict:
-    """Solve the instance, replay the solution, run every scheduler: {"solve": ..., "runs":
-    {spec: metrics or error}}. Needs ``baselines.optimal`` (issue 5)."""
-    from baselines.optimal import solve
+    """Solve the instance, replay the solution, run every scheduler, all on the engine without
+    prefix caching (the model's): {"solve": ..., "runs": {spec: metrics or error}}."""
+    from baselines.optimal import solve, without_prefix_cache
     from llmsched_env.scheduler import make_scheduler
     from llmsched_env.workload import build_workload
     config, cost = _engine_and_cost(job.preset, job.engine)
+    config = without_prefix_cache(config)  # the engine the CP-SAT model describes, for every scheduler
     specs = build_workload(job.workload)
     try:
         res = solve(specs, config, cost, objective=job.objective, preemption=job.preemption,

@@ -222,20 +222,26 @@ def encode_observation(engine, tracker: SLOTracker) -> np.ndarray:
                 tbt_targets.append(r.tbt_slo_s)
     ttft_slacks = []
     n_late = n_risk = n_nofirst = 0
-    for r in (*running, *waiting):
-        late = tracker.late(r, now)
-        n_late += late
-        if not r.token_times:
-            n_nofirst += 1
-            if r.ttft_slo_s < math.inf:
-                slack = r.arrival_s + r.ttft_slo_s - now
-                ttft_slacks.append(slack / r.ttft_slo_s)
-                n_risk += (not late) and slack < due_slack
     w_tokens = w_prio = n_pre = 0
-    for r in waiting:
-        w_tokens += r.prefill_target
-        w_prio += min(4, max(0, r.priority))
-        n_pre += r.num_preemptions > 0
+    flagged = tracker._seen  # SLOTracker.late inlined (every visible request, every decision)
+    inf = math.inf
+    for k, r in enumerate((*running, *waiting)):
+        entry = flagged.get(r.rid)
+        tt = r.token_times
+        ttft = r.ttft_slo_s
+        late = (entry is not None and entry[2]) or (not tt and now - r.arrival_s > ttft)
+        n_late += late
+        if not tt:
+            n_nofirst += 1
+            if ttft < inf:
+                slack = r.arrival_s + ttft - now
+                ttft_slacks.append(slack / ttft)
+                n_risk += (not late) and slack < due_slack
+        if k >= n_run:
+            w_tokens += r.prefill_target
+            prio = r.priority
+            w_prio += 0 if prio <= 0 else 4 if prio >= 4 else prio
+            n_pre += r.num_preemptions > 0
     mean_b = tracker.mean_batch_s
     o = np.array([
         engine.used_blocks / cap,

@@ -157,19 +157,26 @@ class PriorityPlanner:
     ``max_num_seqs``) and ``now_s``; the Engine and the vLLM hook's view both have them.
     """
 
-    def scores(self, engine, rule: Rule, late: Callable[[object], bool], due_slack_s: float) -> list[tuple]:
-        """``(score, tiebreak, request)`` for every visible request, best first."""
+    #: skip scoring waiting requests in a step where none can be admitted (``_admission_closed``)
+    skip_closed_queue = True
+
+    def scores(self, engine, rule: Rule, late: Callable[[object], bool], due_slack_s: float,
+               waiting: bool = True) -> list[tuple]:
+        """``(score, tiebreak, request)`` for every visible request, best first (with
+        ``waiting=False`` the running ones only, their ``queue_pos`` still among every visible
+        request)."""
         now = engine.now_s
         running = engine.running
-        reqs = [*running.values(), *engine.iter_waiting()]
-        n = len(reqs)
+        queue = list(engine.iter_waiting())
+        reqs = [*running.values(), *queue] if waiting else list(running.values())
+        n = len(running) + len(queue)
         if n == 0:
             return []
         n_run = len(running)
-        order = sorted(range(n), key=lambda i: (reqs[i].arrival_s, reqs[i].rid))
+        keys = [(r.arrival_s, r.rid) for r in (reqs if waiting else (*reqs, *queue))]
         rank = [0.0] * n
         denom = max(1, n - 1)
-        for pos, i in enumerate(order):
+        for pos, i in enumerate(sorted(range(n), key=keys.__getitem__)):
             rank[i] = pos / denom
         # request_features inlined (the hot loop of every engine step; tested equal to it); the
         # running requests come first in ``reqs``, so ``i < n_run`` is ``status == RUNNING``
@@ -217,17 +224,18 @@ class PriorityPlanner:
                 s += w_ctx * log2(1.0 + computed) / 16.0
             if r.num_preemptions:
                 s += w_pre
-            out.append((s, i, r))
-        out.sort(key=lambda t: (-t[0], t[1]))
-        return out
+            out.append((-s, i, r))
+        out.sort()  # best first, ties by position (positions are distinct: requests are never compared)
+        return [(-ns, i, r) for ns, i, r in out]
 
     def plan(self, engine, rule: Rule, late: Callable[[object], bool] = lambda r: False,
              due_slack_s: float = 0.0) -> BatchPlan:
         cfg = engine.config
         bs = cfg.block_size
         budget = min(rule.token_budget, cfg.max_num_batched_tokens)
-        ranked = self.scores(engine, rule, late, due_slack_s)
         running = engine.running
+        closed = self.skip_closed_queue and self._admission_closed(engine, budget)
+        ranked = self.scores(engine, rule, late, due_slack_s, waiting=not closed)
         free = engine.free_blocks
         resident = len(running)
         reserve = int(rule.kv_reserve * cfg.num_kv_blocks) if resident else 0
@@ -238,8 +246,11 @@ class PriorityPlanner:
         evictable = [r for _, _, r in ranked if r.rid in running]
         pos = {r.rid: k for k, r in enumerate(evictable)}
         # blocks the rest of each partial prefill will take (held back from admissions)
-        promise = {r.rid: -(-r.prefill_target // bs) - r.num_blocks for r in running.values()
-                   if r.num_computed < r.prefill_target}
+        promise = {}
+        for r in running.values():
+            target = r.prefill_target
+            if r.num_computed < target:
+                promise[r.rid] = -(-target // bs) - r.num_blocks
         promised = sum(promise.values())
         used = 0
         admitting = True
@@ -303,6 +314,26 @@ class PriorityPlanner:
         if not tokens and running:
             self._progress(engine, ranked, preempt, tokens, budget)
         return BatchPlan(tokens, preempt)
+
+    @staticmethod
+    def _admission_closed(engine, budget: int) -> bool:
+        """True when no waiting request can be admitted this step, whatever the rule: every
+        sequence slot is taken, and the free blocks cover what each running request could take
+        (its rest of prefill up to the budget, or one decode token), so no eviction can open a
+        slot. The plan is then the same without scoring the queue (tested), which keeps a step
+        O(running) on a server with a long queue, as vLLM's own scheduler is."""
+        running = engine.running
+        if len(running) < engine.config.max_num_seqs:
+            return False
+        bs = engine.config.block_size
+        room = engine.free_blocks
+        for r in running.values():
+            computed = r.num_computed
+            left = r.prefill_target - computed
+            room -= -(-(computed + (min(left, budget) if left > 0 else 1)) // bs) - r.num_blocks
+            if room < 0:
+                return False
+        return True
 
     @staticmethod
     def _progress(engine, ranked, preempt, tokens, budget) -> None:

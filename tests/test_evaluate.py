@@ -174,3 +174,20 @@ def test_make_eval_command_runs_in_quick_mode(tmp_path, shared_data):
     assert main(["--quick", "--policy", "agents/zoo/default", "--out", str(out), "--no-progress", "--workers", "2"]) == 0
     md = (out / "evaluation.md").read_text()
     assert "**quick mode**" in md and "## Headroom" in md and "| `ppo:path=agents/zoo/default` |" in md
+    assert "Runs without results" not in md  # every scheduler ran, the optimal replay included
+
+
+def test_small_instance_optimum_replays_where_it_preempts(tmp_path, shared_data):
+    """Seeds 2-3 of the small-instance suite (the optimum of seed 2 preempts): the optimal job runs
+    every scheduler and the replay on the engine the CP-SAT model describes (prefix caching off),
+    so the replay is the solved schedule."""
+    if "optimal" not in available_schedulers():
+        pytest.skip("the optimal scheduler is not registered here")
+    out = tmp_path / "o"
+    assert main(["--suite", "small-instance", "--quick", "--seed", "2", "--schedulers", "fcfs", "--out", str(out),
+                 "--no-progress", "--workers", "1"]) == 0
+    md = (out / "evaluation.md").read_text()
+    assert "Runs without results" not in md
+    res = json.loads((out / "evaluation.json").read_text())
+    opt = res["suites"]["small-instance"]["conditions"][0]["entrants"]["optimal"]["per_seed"]
+    assert len(opt) == 2 and all("error" not in r for r in opt)

@@ -13,6 +13,7 @@ from agents.episodes import run_episode
 from llmsched_env.agent import AgentSpec
 from llmsched_env.priority import (HEURISTIC_RULES, NUM_FEATURES, REQUEST_FEATURES, PriorityPlanner, Rule,
                                    request_features)
+from llmsched_env.plan import BatchPlan
 from llmsched_env.request import RequestSpec
 from llmsched_env.scheduler import make_scheduler
 from tests.conftest import make_engine
@@ -49,6 +50,43 @@ def test_every_rule_gives_a_feasible_plan_and_the_engine_finishes(rules, lens, b
         steps += 1
         assert steps < 20_000
     assert len(eng.finished) == len(lens)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules=st.lists(RULES, min_size=1, max_size=4),
+       lens=st.lists(st.tuples(st.integers(1, 120), st.integers(1, 40)), min_size=4, max_size=20),
+       blocks=st.integers(40, 200), seqs=st.integers(1, 4))
+def test_a_closed_queue_is_not_scored_and_the_plan_is_the_same(rules, lens, blocks, seqs):
+    """With every sequence slot taken and room for what the running requests can take, no waiting
+    request can be admitted: the planner skips scoring the queue, and its plan equals the one
+    made with every request scored, step by step."""
+    eng = make_engine(_specs(lens, len(lens)), num_kv_blocks=blocks, budget=64, max_seqs=seqs)
+    fast, full = PriorityPlanner(), PriorityPlanner()
+    full.skip_closed_queue = False
+    steps = closed = 0
+    while not eng.done:
+        rule = rules[(steps // 5) % len(rules)]
+        closed += fast._admission_closed(eng, min(rule.token_budget, eng.config.max_num_batched_tokens))
+        late = lambda r: r.rid % 3 == 0  # noqa: E731
+        plan = fast.plan(eng, rule, late, 0.02)
+        assert plan == full.plan(eng, rule, late, 0.02)
+        eng.step(plan)
+        steps += 1
+    assert steps
+
+
+def test_the_queue_is_closed_only_when_no_admission_can_happen():
+    def engine(blocks):
+        return make_engine([RequestSpec(i, 0.0, 8, 3) for i in range(4)], num_kv_blocks=blocks, budget=64,
+                           max_seqs=2)
+
+    eng, planner = engine(64), PriorityPlanner()
+    assert not planner._admission_closed(eng, 64)  # free slots
+    eng.step(BatchPlan({0: 8, 1: 8}))
+    assert len(eng.running) == 2 and eng.num_waiting == 2 and planner._admission_closed(eng, 64)
+    tight = engine(4)
+    tight.step(BatchPlan({0: 8, 1: 8}))  # 4 blocks of 4 tokens: full, the next decodes need blocks
+    assert tight.free_blocks == 0 and not planner._admission_closed(tight, 64)
 
 
 def test_scores_are_the_weighted_sum_of_the_reference_features():
