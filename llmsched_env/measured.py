@@ -72,6 +72,14 @@ class MeasurementError(ValueError):
     """A missing, malformed or unusable measurements folder or measured preset."""
 
 
+def read_json(path: Path):
+    """The JSON document in ``path``; a MeasurementError naming the file if it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise MeasurementError(f"{path}: not valid JSON ({e})") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 
@@ -220,10 +228,7 @@ def load_measurements(folder: str | Path) -> Measurements:
     for p in (csv_path, man_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: {folder} is not a folder written by `llmsched profile`")
-    try:
-        manifest = json.loads(man_path.read_text())
-    except json.JSONDecodeError as e:
-        raise MeasurementError(f"{man_path}: not valid JSON ({e})") from None
+    manifest = read_json(man_path)
     for k in ("shape", "model_layers", "device"):
         if k not in manifest:
             raise MeasurementError(f"{man_path}: missing key {k!r}")

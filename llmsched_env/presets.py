@@ -13,7 +13,6 @@ Kinds:
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -321,14 +320,11 @@ def measured_preset_path(name: str) -> Path | None:
 
 def load_measured_preset(path: str | Path, name: str | None = None):
     """A ``Preset`` from a JSON written by ``llmsched calibrate --measurements``."""
-    from .measured import PRESET_FORMAT, MeasuredCostModel, MeasurementError
+    from .measured import PRESET_FORMAT, MeasuredCostModel, MeasurementError, read_json
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"measured preset not found: {path}")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MeasurementError(f"{path}: not valid JSON ({e})") from None
+    d = read_json(path)
     if not isinstance(d, dict) or d.get("format") != PRESET_FORMAT:
         raise MeasurementError(f"{path}: not a measured preset (expected \"format\": \"{PRESET_FORMAT}\"); "
                                "write one with `llmsched calibrate --measurements DIR`")
