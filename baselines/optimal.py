@@ -836,6 +836,10 @@ class OptimalScheduler:
         self._next = 0
 
     def schedule(self, engine) -> BatchPlan:
+        if engine.config.prefix_caching:
+            raise ValueError("the optimal schedule is solved for an engine without prefix caching (the "
+                             "model has none): replay it with EngineConfig(prefix_caching=False) "
+                             "(baselines.optimal.without_prefix_cache; CLI --no-prefix-caching)")
         if self._next >= len(self.plans):
             raise RuntimeError(f"optimal replay exhausted after {len(self.plans)} batches with "
                                f"{engine.num_requests - len(engine.finished)} requests unfinished: the "

@@ -28,11 +28,12 @@ if str(ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from eval.stats import t_interval  # noqa: E402
+from eval.stats import format_interval as ci, t_interval  # noqa: E402
 from llmsched_env.runner import run_jobs  # noqa: E402
 from llmsched_env.scheduler import split_specs  # noqa: E402
 
 DEFAULT = "ppo:path=agents/zoo/default,fcfs,sarathi,vllm-v1:policy=priority,slai"
+SLO_TIME_LIMIT_S = 20.0  # HiGHS seconds per episode for met_ub
 
 
 def episode(job: tuple) -> dict:
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=10_000, help="first reset seed (held-out seeds by default)")
     p.add_argument("--schedulers", default=DEFAULT)
-    p.add_argument("--slo-time-limit", type=float, default=20.0, help="HiGHS seconds per episode for met_ub")
+    p.add_argument("--slo-time-limit", type=float, default=SLO_TIME_LIMIT_S, help="HiGHS seconds per episode for met_ub")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--json")
     a = p.parse_args(argv)
@@ -102,9 +103,6 @@ def main(argv=None) -> int:
                     f"return_ub {b['return_ub']['mean']:.2f}")
     for c in ("scheduler", "episodes", "return", "GPU-s / GPU_lb", "met_ub - met", "return_ub - return"):
         t.add_column(c, justify="left" if c == "scheduler" else "right")
-
-    def ci(d, f="{:.2f}"):
-        return f"{f.format(d['mean'])} [{f.format(d['low'])}, {f.format(d['high'])}]"
 
     for s, v in res["schedulers"].items():
         t.add_row(s, str(v["episodes"]), f"{v['return']['mean']:.2f}", ci(v["gpu_over_lb"], "{:.3f}"), ci(v["met_gap"]),

@@ -217,9 +217,9 @@ def headroom(entrants: list[str], episodes: int, seed: int = 10_000, workers: in
     """Every entrant's distance to the relaxation bounds (``eval/bound_gap.py``) on ``episodes``
     held-out episodes of the default env scenario (the policy's training distribution), from
     reset seed ``seed``: means and 95% t-intervals."""
-    from eval.bound_gap import episode, summarize_gaps
+    from eval.bound_gap import SLO_TIME_LIMIT_S, episode, summarize_gaps
     from llmsched_env import runner
-    jobs = [(HEADROOM_SCENARIO, seed + k, list(entrants), 20.0) for k in range(episodes)]
+    jobs = [(HEADROOM_SCENARIO, seed + k, list(entrants), SLO_TIME_LIMIT_S) for k in range(episodes)]
     eps = runner.run_jobs(episode, jobs, workers=workers, ray=ray, ray_address=ray_address, progress=progress,
                           label="headroom episodes")
     return {**summarize_gaps(eps, list(entrants)), "scenario": HEADROOM_SCENARIO, "seeds": [seed, seed + episodes - 1]}

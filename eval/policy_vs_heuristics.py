@@ -118,12 +118,17 @@ def _means(rows) -> dict:
                                                               "ttft_p99_s", "tbt_p99_s", "num_preemptions")}
 
 
+def _relative(h: dict) -> float:
+    """The policy's mean return gain over heuristic row ``h``, % of the heuristic's return."""
+    return 100 * h["policy_minus_return"]["mean"] / abs(h["return"]) if h["return"] else float("nan")
+
+
 def markdown(res: dict) -> str:
     best = res["best"]
     b = res["heuristics"][best]
     p = res["policy"]
     d = b["policy_minus_return"]
-    rel = 100 * d["mean"] / abs(b["return"]) if b["return"] else float("nan")
+    rel = _relative(b)
     lines = [f"**{res['setting']}** ({res['episodes']} episodes, seeds {res['seeds'][0]}-{res['seeds'][1]}): policy "
              f"{p['return']:.2f} vs best heuristic {best} {b['return']:.2f}: {d['mean']:+.2f} [{d['low']:+.2f}, "
              f"{d['high']:+.2f}] ({rel:+.1f}%)", "",
@@ -148,7 +153,7 @@ def summary(results: list[dict]) -> str:
     for r in results:
         b = r["heuristics"][r["best"]]
         d = b["policy_minus_return"]
-        rel = 100 * d["mean"] / abs(b["return"]) if b["return"] else float("nan")
+        rel = _relative(b)
         lines.append(f"| {r['setting']} | {r['episodes']} | {r['policy']['return']:.2f} | {r['best']} | "
                      f"{b['return']:.2f} | {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] | {rel:+.1f}% | "
                      f"{r['policy']['slo_attainment']:.3f} vs {b['slo_attainment']:.3f} |")
@@ -162,7 +167,7 @@ def status(results: list[dict]) -> str:
     for r in results:
         b = r["heuristics"][r["best"]]
         d = b["policy_minus_return"]
-        rel = 100 * d["mean"] / abs(b["return"]) if b["return"] else float("nan")
+        rel = _relative(b)
         key = "beats" if d["low"] > 0 else "loses to" if d["high"] < 0 else "ties"
         verdicts[key].append(f"{r['setting']} {rel:+.1f}% vs {r['best']}")
     n = len(results)

@@ -182,20 +182,18 @@ def markdown(result: dict, images: dict) -> str:
 
 def _headroom_section(h: dict) -> list:
     """Every scheduler's distance to the relaxation bounds (``baselines/bound.py``)."""
+    from eval.stats import format_interval as ci
     b = h["bounds"]
-
-    def ci(d: dict, f: str = "{:.2f}") -> str:
-        return f"{f.format(d['mean'])} [{f.format(d['low'])}, {f.format(d['high'])}]"
-
+    n = h["seeds"][1] - h["seeds"][0] + 1
     lines = ["## Headroom: distance to the relaxation bounds", "",
              f"`{h['scenario']}` env scenario, held-out reset seeds {h['seeds'][0]}-{h['seeds'][1]}: "
-             f"{h['seeds'][1] - h['seeds'][0] + 1} episodes; a scheduler's row leaves out the episodes the env "
+             f"{n} episodes; a scheduler's row leaves out the episodes the env "
              "truncated for it before every request finished (`episodes`: those it served to the end). "
              "`GPU_lb` (a proven lower bound on GPU-seconds) and `met_ub` (a proven upper bound on the requests "
              "meeting their SLO) hold for every schedule (`baselines/bound.py`, docs/bound.md), so the return "
              "is at most `met_ub - lambda x GPU_lb`. Means over episodes [95% t-interval]; bounds: GPU_lb "
              f"{b['gpu_lb']['mean']:.2f} GPU-s, met_ub {b['met_ub']['mean']:.1f} (solved exactly in "
-             f"{b['met_ub_exact']} of {h['seeds'][1] - h['seeds'][0] + 1}), return bound {b['return_ub']['mean']:.2f}.", ""]
+             f"{b['met_ub_exact']} of {n}), return bound {b['return_ub']['mean']:.2f}.", ""]
     rows = sorted(h["schedulers"].items(), key=lambda kv: kv[1]["return_gap"]["mean"])
     lines += _table(["scheduler", "episodes", "return", "GPU-s / GPU_lb", "met_ub - met", "return bound - return"],
                     [[f"`{s}`", str(v["episodes"]), f"{v['return']['mean']:.2f}", ci(v["gpu_over_lb"], "{:.3f}"), ci(v["met_gap"]),

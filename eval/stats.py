@@ -67,6 +67,11 @@ class Goodput:
     censored: Optional[str]
 
 
+def format_interval(d: dict, fmt: str = "{:.2f}") -> str:
+    """``mean [low, high]`` of an ``Interval.to_dict()``."""
+    return f"{fmt.format(d['mean'])} [{fmt.format(d['low'])}, {fmt.format(d['high'])}]"
+
+
 def goodput(rates: Sequence[float], attainment: Sequence[float], threshold: float = 0.9) -> Goodput:
     """Goodput from attainment measured at ascending ``rates`` (the first crossing below
     ``threshold``, linearly interpolated; see :class:`Goodput`)."""

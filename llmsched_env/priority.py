@@ -166,14 +166,13 @@ class PriorityPlanner:
         ``waiting=False`` the running ones only, their ``queue_pos`` still among every visible
         request)."""
         now = engine.now_s
-        running = engine.running
-        queue = list(engine.iter_waiting())
-        reqs = [*running.values(), *queue] if waiting else list(running.values())
-        n = len(running) + len(queue)
+        n_run = len(engine.running)
+        visible = [*engine.running.values(), *engine.iter_waiting()]
+        n = len(visible)
         if n == 0:
             return []
-        n_run = len(running)
-        keys = [(r.arrival_s, r.rid) for r in (reqs if waiting else (*reqs, *queue))]
+        reqs = visible if waiting else visible[:n_run]
+        keys = [(r.arrival_s, r.rid) for r in visible]
         rank = [0.0] * n
         denom = max(1, n - 1)
         for pos, i in enumerate(sorted(range(n), key=keys.__getitem__)):

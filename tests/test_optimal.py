@@ -136,9 +136,11 @@ def test_replay_of_another_workload_fails_loudly():
     specs, cfg = small_instance(0)
     r = solve(specs, cfg, COST, "gpu_time", time_limit_s=10)
     longer = [replace(s, output_len=s.output_len + 1) for s in specs]
-    cfg = replace(cfg, num_kv_blocks=cfg.num_kv_blocks + 1)
+    cfg = replace(cfg, num_kv_blocks=cfg.num_kv_blocks + 1, prefix_caching=False)
     with pytest.raises((RuntimeError, PlanError)):  # plans no longer fit, or run out
         run(Engine(longer, cfg, COST), OptimalScheduler(r.plans))
+    with pytest.raises(ValueError, match="without prefix caching"):  # the model's engine only
+        run(Engine(specs, replace(cfg, prefix_caching=True), COST), OptimalScheduler(r.plans))
 
 
 def test_cli_solve_writes_json(tmp_path, shared_data):
