@@ -26,12 +26,14 @@ capacity in blocks of ``bs`` tokens):
    parts that add up over tokens or emissions (every supported cost model is a sum of
    non-negative terms, each non-decreasing in its shape sum):
    * f(N): the calibrated model's overhead + token-level layers(N); InferMax's a_o N + b_o plus
-     the smaller of its prefill/decode fixed terms (a nonempty batch has one); Linear's
+     its prefill/decode fixed terms, bounded by batch kind (a nonempty batch has a prefill or a
+     decode, and at least ceil(sum P / B) batches carry prefill tokens); Linear's
      base + per_token N.
    * attention, per computed token at position p: a prefill computes it with p + 1 attention
      pairs (InferMax's c^2 + 2ck counts 2p + 1), a decode with p + 1 KV tokens; prompt tokens
-     are always prefilled, generated tokens are decoded (or, with preemption, possibly
-     recomputed by a prefill, so the cheaper coefficient is used);
+     are always prefilled, generated tokens are decoded (or, with preemption, possibly emitted by
+     a recompute, which prefills those p + 1 tokens again: beyond T, so each costs at least the
+     first slope of f's convex envelope plus its attention; the cheaper of the two is used);
    * per emission: the per-sequence term (a participation), and an LM-head pass per emitting
      batch (at least J_lo of them).
    With f_hat the lower convex envelope of f on [1, B] (non-decreasing, since f is), Jensen gives
@@ -164,13 +166,50 @@ def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cos
     else:
         prompt = float(np.sum(P * (P + 1) / 2 - H * (H + 1) / 2))
     gen = float(np.sum((O - 1) * P + (O - 1) * O / 2))  # sum over p = P..P+O-2 of (p + 1)
-    gen_coef = min(c["att_decode"], c["att_recompute"]) if preemption else c["att_decode"]
+    # a generated token at position p is decoded, or emitted by a recompute that prefills p + 1
+    # tokens more than T, each at least the envelope's first slope (convexity) plus its attention
+    slope = float((hy[1] - hy[0]) / (hx[1] - hx[0])) if len(hx) > 1 else 0.0
+    gen_coef = min(c["att_decode"], c["att_recompute"] + slope) if preemption else c["att_decode"]
     parts = {"tokens": float(tok[k]), "attention_prompt": c["att_prompt"] * prompt,
              "attention_generated": gen_coef * gen, "per_emission": c["per_emit"] * float(O.sum()),
              "lm_head": c["lm"] * j_lo}
+    if isinstance(cost, InferMaxCostModel):
+        tokens, per_emission, batches = _infermax_fixed_terms(cost, P - H, O, T, j_lo, B, preemption)
+        parts.update(tokens=tokens, per_emission=per_emission)
+        J = np.array([batches], dtype=np.float64)
+        k = 0
     g = config.num_gpus
     parts = {key: v * g for key, v in parts.items()}
     return GpuBound(sum(parts.values()), j_lo, int(J[k]), T, parts)
+
+
+def _infermax_fixed_terms(cost: InferMaxCostModel, computed: np.ndarray, O: np.ndarray, T: int, j_lo: int,
+                          B: int, preemption: bool) -> tuple[float, float, int]:
+    """InferMax's per-batch and per-participation terms, bounded batch by batch kind, seconds:
+    (token and fixed terms, per-participation terms, batches J).
+
+    Every nonempty batch pays ``b_other`` and has a prefill (paying ``b_prefill``) or a decode
+    (``b_decode``), or both: with J_p batches carrying prefill tokens and J_d carrying decodes,
+    J_p + J_d >= J, J_p >= ceil(sum P' / B) (P' the prompt tokens a request must compute), and
+    J_d >= max O - 1, the longest request's decodes, each in its own batch. With preemption a
+    recompute could emit one of those tokens instead; that bound is kept only when no recompute
+    can pay for itself: prefilling at least P tokens again costs more than the most it can save,
+    one decode's attention at the longest context, its per-decode term and a decode batch's
+    ``b_decode``. The cheapest (J_p, J_d) is a vertex of that 2-variable LP; the total grows with
+    J, so J = J_lo. Participations: each request has at least one prefill chunk, and every other
+    emission is a decode or a recompute's prefill chunk. ``multi_factor >= 1`` only multiplies
+    non-negative terms, so it is left at 1."""
+    s = cost.num_layers * 1e-3
+    j = max(j_lo, -(-T // B))
+    j_p = max(1, -(-int(computed.sum()) // B))
+    recompute = (cost.a_other_ms + cost.a_prefill_ms) * computed + cost.per_prefill_ms
+    saving = cost.a_decode_ms * (computed + O) + cost.per_decode_ms + cost.b_decode_ms
+    d_lo = int(O.max()) - 1 if not preemption or bool(np.all(recompute >= saving)) else 0
+    fixed = min(cost.b_prefill_ms * jp + cost.b_decode_ms * jd
+                for jp, jd in ((j_p, max(d_lo, j - j_p)), (max(j_p, j - d_lo), d_lo)))
+    tokens = s * (cost.a_other_ms * T + cost.b_other_ms * j + fixed)
+    per = s * (cost.per_prefill_ms * len(O) + min(cost.per_prefill_ms, cost.per_decode_ms) * float((O - 1).sum()))
+    return tokens, per, j
 
 
 def per_token_rate_s(cost: CostModel, config: EngineConfig) -> float:

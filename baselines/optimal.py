@@ -74,6 +74,7 @@ from llmsched_env.scheduler import NeedsOptions, register
 from .optimal_cost import check_supported, choose_unit_s, latency_expr, min_batch_latency_s, Features
 
 OBJECTIVES = ("gpu_time", "slo", "return")
+SOLVER_MEMORY_MB = 3500  # default cap of the CP-SAT process: a search ends with what it has before 4 GB
 
 
 class BuildTimeout(TimeoutError):
@@ -174,6 +175,66 @@ class ReserveScheduler:
             reserved += final(r)
             resident += 1
         return BatchPlan(tokens)
+
+
+PACKED = "prefill packing (hint only)"
+PACK_MAX_REQUESTS = 10  # the search is exponential in the requests (at most (J_p)^n assignments)
+
+
+def packed_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, extra_batches: int = 1
+                         ) -> list[list[BatchPlan]]:
+    """Offline schedules that pack whole prompts into the fewest prefill batches, every request
+    arrived (``gpu_time`` candidates, not registered: they read the true output lengths).
+
+    Only for at most ``PACK_MAX_REQUESTS`` requests, where the cache holds every request at its
+    longest and every prompt fits the token budget B (otherwise ``[]``). For J_p = ceil(sum P / B) .. + ``extra_batches`` prefill
+    batches, an exhaustive search assigns each whole prompt to one of them, minimising the batch
+    count max_i(batch of i + O_i) (the longest requests go early); each batch also decodes every
+    request prefilled before it, and after the last prefill batch every unfinished request
+    decodes each batch. Returns one plan list per J_p that has an assignment within the budget.
+    Cost: at most J_p^n assignments, pruned by capacity and by the best batch count so far."""
+    cfg = config
+    bs, B = cfg.block_size, cfg.max_num_batched_tokens
+    reqs = sorted(specs, key=lambda s: (-s.output_len, s.rid))
+    if (len(reqs) > min(cfg.max_num_seqs, PACK_MAX_REQUESTS) or any(s.prompt_len > B for s in reqs)
+            or sum(-(-(s.prompt_len + s.output_len - 1) // bs) for s in reqs) > cfg.num_kv_blocks):
+        return []
+    j_p = -(-sum(s.prompt_len for s in reqs) // B)
+    out = []
+    for nb in range(j_p, min(len(reqs), j_p + extra_batches) + 1):
+        best: list = [None, math.inf]
+        load = [0] * nb
+        where = [0] * len(reqs)
+
+        def place(i: int, span: int) -> None:
+            if span >= best[1]:
+                return
+            if i == len(reqs):
+                # room in each batch for a decode of every request prefilled before it
+                if all(load[b] + sum(w < b for w in where) <= B for b in range(nb)):
+                    best[0], best[1] = list(where), span
+                return
+            s = reqs[i]
+            for b in range(nb):
+                if load[b] + s.prompt_len <= B:
+                    load[b] += s.prompt_len
+                    where[i] = b
+                    place(i + 1, max(span, b + s.output_len))
+                    load[b] -= s.prompt_len
+
+        place(0, 0)
+        if best[0] is None:
+            continue
+        plans, emitted = [], {s.rid: 0 for s in reqs}
+        for j in range(best[1]):
+            tokens = {s.rid: s.prompt_len for s, b in zip(reqs, best[0]) if b == j}
+            tokens.update({s.rid: 1 for s, b in zip(reqs, best[0]) if b < j and emitted[s.rid] < s.output_len})
+            for rid in tokens:
+                emitted[rid] += 1
+            if tokens:
+                plans.append(BatchPlan(tokens))
+        out.append(plans)
+    return out
 
 
 def heuristic_runs(specs, config, cost, skip=("optimal",), deadline: Optional[float] = None
@@ -673,7 +734,8 @@ def _gap(obj: float, bound: float, objective: str) -> float:
 def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, objective: str = "gpu_time",
           preemption: bool = True, time_limit_s: float = 60.0, num_workers: int = 1, lam: float = 1.0,
           max_batches: Optional[int] = None, hint: bool = True, seed: int = 0, console=None,
-          heuristics: Optional[dict] = None, extra_hints: Optional[dict] = None) -> SolveResult:
+          heuristics: Optional[dict] = None, extra_hints: Optional[dict] = None,
+          memory_limit_mb: Optional[int] = SOLVER_MEMORY_MB) -> SolveResult:
     """Solve a workload's schedule for ``objective``; see the module docstring for the model.
 
     Args:
@@ -688,6 +750,8 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         hint: warm-start from the best heuristic's schedule (every registered heuristic is run).
         console: a rich Console to print improving solutions on (None = silent).
         heuristics: precomputed ``heuristic_runs`` (else they are run here).
+        memory_limit_mb: address-space cap of the CP-SAT process, MB (None: none); when it is
+            reached the search stops and the best known schedule and bound are reported.
         extra_hints: more candidate schedules ``{name: plans}`` (e.g. the no-preemption optimum
             when solving with preemption); the best of these and the heuristic's is the hint.
     """
@@ -708,6 +772,10 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     cands = {n: runs[n] for n in values if preemption or not any(p.preempt for p in runs[n].plans)}
     reserve = record_run(specs, config, cost, ReserveScheduler())
     cands[RESERVE] = reserve
+    if objective == "gpu_time" and len({s.arrival_s for s in specs}) > 1:
+        # busy time ignores idling, so a schedule planned as if every request had arrived at
+        # once is valid (its replay idles until each batch's members arrive) and costs the same
+        cands.update(all_arrived_runs(specs, config, cost, preemption, deadline))
     cand_values = {n: objective_value(r.summary, objective, lam) for n, r in cands.items()}
     best = None
     for name, v in cand_values.items():
@@ -715,6 +783,17 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
             best = name
     incumbent = cand_values[best]
     fallback = (best, cands[best], incumbent)
+    lb = None
+    if objective == "gpu_time":
+        lb = relaxation_bound(specs, config, cost, objective, preemption, lam)
+        if lb is not None and incumbent <= lb * (1 + BOUND_MATCH):
+            # the relaxation proves the best known schedule optimal: no search is needed
+            run = cands[best]
+            return SolveResult("OPTIMAL", incumbent, lb, _gap(incumbent, lb, objective), 0.0, len(run.plans),
+                               len(run.plans), True, "not needed: the relaxation bound proves the schedule optimal",
+                               list(run.plans), list(run.latency_s), 0.0, objective, preemption, None, values,
+                               [], time.perf_counter() - t0,
+                               f"heuristic: {best} (equal to the relaxation bound of baselines.bound)")
     inc_batches = len(cands[best].plans)
     J, rigorous, why = batch_bound(specs, config, cost, objective, preemption, incumbent, inc_batches, lam)
     if max_batches is not None and max_batches < J:
@@ -747,13 +826,15 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     m.add_cutoff()
     cb = _Progress(m, console)
     from .cpsat_run import solve_bounded
-    out = solve_bounded(m.m, deadline, num_workers, seed, on_solution=cb)
+    out = solve_bounded(m.m, deadline, num_workers, seed, memory_limit_mb=memory_limit_mb, on_solution=cb)
     status = out.status
     source = "solver"
     has_bound = out.bound is not None and not out.killed
     if out.has_solution:
         obj = m.exact_value(out)
         bound = obj if status == "OPTIMAL" else m.natural(out.bound)
+        if status != "OPTIMAL" and lb is not None and bound < lb <= obj:
+            bound = lb  # the relaxation proves more than the search did
         plans, lats = m.plans_from(out)
         gap = _gap(obj, bound, objective)
     elif m.hint_raw is not None and status in ("UNKNOWN", "INFEASIBLE"):
@@ -781,11 +862,35 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
                        m.unit_s, objective, preemption, hint_info, values, cb.rows, build_s, source, model=m)
 
 
+#: relative tolerance within which a schedule's GPU time equal to the relaxation bound is optimal
+#: (both are sums of the same float coefficients; 1e-9 is far below any cost difference)
+BOUND_MATCH = 1e-9
+
+
+def all_arrived_runs(specs, config, cost, preemption: bool, deadline: Optional[float] = None
+                     ) -> dict[str, RecordedRun]:
+    """Every heuristic's schedule (and the never-preempting reserve schedule) planned as if every
+    request had arrived at t = 0; names end in "(all arrived)". For the ``gpu_time`` objective
+    only: replayed on the real arrivals, a schedule idles until each batch's members have arrived,
+    with the same batches and busy time. Schedules that preempt are left out when ``preemption``
+    is off."""
+    at_once = [replace(s, arrival_s=0.0) for s in specs]
+    runs = heuristic_runs(at_once, config, cost, deadline=deadline)
+    runs[RESERVE] = record_run(at_once, config, cost, ReserveScheduler())
+    for k, plans in enumerate(packed_prefill_plans(at_once, without_prefix_cache(config))):
+        runs[f"{PACKED} {k + 1}"] = record_run(at_once, config, cost, OptimalScheduler(plans))
+    return {f"{name} (all arrived)": r for name, r in runs.items()
+            if r.summary["num_finished"] == r.summary["num_requests"]
+            and (preemption or not any(p.preempt for p in r.plans))}
+
+
 def relaxation_bound(specs, config, cost, objective: str, preemption: bool, lam: float,
                      time_limit_s: float = 1.0) -> Optional[float]:
-    """The bound of ``baselines.bound`` on ``objective`` (natural units; None if the cost model
-    has no relaxation): a GPU-second lower bound, an SLO-met upper bound, or their combination."""
+    """The bound of ``baselines.bound`` on ``objective`` for the model's engine (prefix caching
+    off; natural units; None if the cost model has no relaxation): a GPU-second lower bound, an
+    SLO-met upper bound, or their combination."""
     from .bound import UnsupportedBound, gpu_time_lower_bound, slo_upper_bound
+    config = without_prefix_cache(config)
     try:
         if objective == "gpu_time":
             return gpu_time_lower_bound(specs, config, cost, preemption).value
