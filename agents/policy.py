@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from llmsched_env.agent import ACTION_DIM, ACTION_FIELDS, OBS_FEATURES, AgentInterface, AgentSpec
-from llmsched_env.priority import HEURISTIC_RULES, Rule
+from llmsched_env.priority import HEURISTIC_RULES, Rule, running_state
 from llmsched_env.scheduler import register
 
 FORMAT = "llmsched-policy"
@@ -149,12 +149,14 @@ class AgentScheduler:
 
     def schedule(self, engine):
         agent = self.agent
-        if agent.sync(engine):
-            self.decide(engine)
-        return agent.plan(engine)
+        running = running_state(engine)  # read once for the step's sync, observation and plan
+        if agent.sync(engine, running):
+            self.decide(engine, running)
+        return agent.plan(engine, running)
 
-    def decide(self, engine) -> None:
-        self.agent.decide(self.act(self.agent.observe(engine)))
+    def decide(self, engine, running: Optional[list[tuple]] = None) -> None:
+        """Decide before this step (``running``: ``running_state(engine)`` when already read)."""
+        self.agent.decide(self.act(self.agent.observe(engine, running)))
 
 
 @register("ppo")
@@ -211,7 +213,7 @@ class RuleScheduler(AgentScheduler):
         self.rule = rule
         super().__init__()
 
-    def decide(self, engine) -> None:
+    def decide(self, engine, running: Optional[list[tuple]] = None) -> None:
         self.agent.adopt(self.rule)
 
 

@@ -417,8 +417,11 @@ class LLMSchedScheduler(Scheduler):
                 stats.plan_preemptions += len(order)
 
         # 2. Running requests in the plan, in vLLM's running order.
+        running_status, step = RequestStatus.RUNNING, self.current_step
+        allocate, lookahead = self.kv_cache_manager.allocate_slots, self.num_lookahead_tokens
+        model_room = self.max_model_len - self.num_sampled_tokens_per_step  # less computed: most to run
         for req in list(self.running) if tokens else ():
-            if req.status != RequestStatus.RUNNING:
+            if req.status != running_status:
                 continue  # preempted by a fallback earlier in this loop
             rec = records[req.request_id]
             n = tokens.get(rec.rid)
@@ -427,15 +430,14 @@ class LLMSchedScheduler(Scheduler):
             computed, placeholders = req.num_computed_tokens, req.num_output_placeholders
             if (placeholders and computed + 2 - placeholders
                     >= req.num_prompt_tokens + req.max_tokens) \
-                    or self.current_step < req.next_decode_eligible_step:
+                    or step < req.next_decode_eligible_step:
                 stats.in_flight += 1  # vLLM's rule: the step in flight reaches max_tokens
                 continue
             owed = req.num_tokens_with_spec + placeholders - computed
             if owed <= 0:  # its last step's output has not come back (synchronous Scheduler)
                 stats.in_flight += 1
                 continue
-            ok = min(max(int(n), 1), owed, budget,
-                     self.max_model_len - computed - self.num_sampled_tokens_per_step)
+            ok = min(max(int(n), 1), owed, budget, model_room - computed)
             if ok != n:
                 stats.clamped += 1
                 self._note("clamp", "request %s: planned %s tokens, ran %s (owed %s, budget %s)",
@@ -443,8 +445,7 @@ class LLMSchedScheduler(Scheduler):
             if ok <= 0:
                 continue
             while True:
-                blocks = self.kv_cache_manager.allocate_slots(
-                    req, ok, num_lookahead_tokens=self.num_lookahead_tokens)
+                blocks = allocate(req, ok, num_lookahead_tokens=lookahead)
                 if blocks is not None:
                     break
                 victim = self._victim()

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
-from .priority import NUM_FEATURES, REQUEST_FEATURES, PriorityPlanner, Rule
+from .priority import NUM_FEATURES, REQUEST_FEATURES, PriorityPlanner, Rule, running_state
 from .reward import TBT_MARGIN, SLOReward
 
 ACTION_FIELDS: tuple[str, ...] = (*(f"w_{n}" for n in REQUEST_FEATURES), "token_budget", "kv_reserve",
@@ -183,49 +184,61 @@ class SLOTracker:
 
     def late(self, req, now_s: float) -> bool:
         """True when ``req`` certainly misses its SLO."""
-        entry = self._seen.get(req.rid)
-        if entry is not None and entry[2]:
-            return True
-        return not req.token_times and now_s - req.arrival_s > req.ttft_slo_s
+        return self.late_at(now_s)(req)
+
+    def late_at(self, now_s: float) -> Callable[[object], bool]:
+        """``late`` at ``now_s`` as a function of the request (what the planner calls per request),
+        valid until the next ``update``."""
+        seen = self._seen
+
+        def late(req) -> bool:
+            entry = seen.get(req.rid)
+            if entry is not None and entry[2]:
+                return True
+            return not req.token_times and now_s - req.arrival_s > req.ttft_slo_s
+        return late
 
     def due_slack_s(self) -> float:
         return self.spec.theta * self.mean_batch_s
 
 
-def encode_observation(engine, tracker: SLOTracker) -> np.ndarray:
-    """The ``OBS_FEATURES`` vector (float32, clipped to [OBS_LOW, OBS_HIGH])."""
+def encode_observation(engine, tracker: SLOTracker, running: Optional[list[tuple]] = None) -> np.ndarray:
+    """The ``OBS_FEATURES`` vector (float32, clipped to [OBS_LOW, OBS_HIGH]); ``running``:
+    ``priority.running_state(engine)`` when already read this step."""
+    if running is None:
+        running = running_state(engine)
     cfg = engine.config
     cap = cfg.num_kv_blocks
     bs = cfg.block_size
     now = engine.now_s
     due_slack = tracker.due_slack_s()
-    running = list(engine.running.values())
     waiting = list(engine.iter_waiting())
     n_run, n_wait = len(running), len(waiting)
     promised = 0
     n_prefill = n_dec = n_due = n_strict = 0
     progress = 0.0
     tbt_slacks, tbt_targets = [], []
-    for r in running:
+    for r, computed, target, blocks in running:
         if r.priority <= 0:
             n_strict += 1
-        if r.num_computed < r.prefill_target:
+        if computed < target:
             n_prefill += 1
-            promised += -(-r.prefill_target // bs) - r.num_blocks
-            progress += r.num_computed / r.prefill_target
+            promised += -(-target // bs) - blocks
+            progress += computed / target
         elif r.token_times:
             n_dec += 1
-            if r.tbt_slo_s < math.inf:
-                slack = r.token_times[-1] + r.tbt_slo_s - now
+            tbt = r.tbt_slo_s
+            if tbt < math.inf:
+                slack = r.token_times[-1] + tbt - now
                 n_due += slack <= due_slack
-                tbt_slacks.append(slack / r.tbt_slo_s)
-                tbt_targets.append(r.tbt_slo_s)
+                tbt_slacks.append(slack / tbt)
+                tbt_targets.append(tbt)
     ttft_slacks = []
     n_late = n_risk = n_nofirst = 0
     w_tokens = w_prio = n_pre = 0
-    flagged = tracker._seen  # SLOTracker.late inlined (every visible request, every decision)
+    flagged = tracker._seen  # SLOTracker.late_at inlined (every visible request, every decision)
     inf = math.inf
-    for k, r in enumerate((*running, *waiting)):
+    for r in (*(row[0] for row in running), *waiting):
         entry = flagged.get(r.rid)
         tt = r.token_times
         ttft = r.ttft_slo_s
@@ -237,11 +250,11 @@ def encode_observation(engine, tracker: SLOTracker) -> np.ndarray:
                 slack = r.arrival_s + ttft - now
                 ttft_slacks.append(slack / ttft)
                 n_risk += (not late) and slack < due_slack
-        if k >= n_run:
-            w_tokens += r.prefill_target
-            prio = r.priority
-            w_prio += 0 if prio <= 0 else 4 if prio >= 4 else prio
-            n_pre += r.num_preemptions > 0
+    for r in waiting:
+        w_tokens += r.prefill_target
+        prio = r.priority
+        w_prio += 0 if prio <= 0 else 4 if prio >= 4 else prio
+        n_pre += r.num_preemptions > 0
     mean_b = tracker.mean_batch_s
     o = np.array([
         engine.used_blocks / cap,
@@ -291,11 +304,14 @@ class AgentInterface:
         self._since = 0
         self.num_decisions = 0
 
-    def sync(self, engine) -> bool:
-        """Update the bookkeeping; True when a decision is due before this step."""
+    def sync(self, engine, running: Optional[list[tuple]] = None) -> bool:
+        """Update the bookkeeping; True when a decision is due before this step. ``running`` here,
+        in ``observe`` and in ``plan``: ``priority.running_state(engine)`` when already read this
+        step (it is read once, not by each)."""
         self.tracker.update(engine)
-        running = engine.running
-        n_prefill = sum(1 for r in running.values() if r.num_computed < r.prefill_target)
+        if running is None:
+            running = running_state(engine)
+        n_prefill = sum(1 for _, computed, target, _ in running if computed < target)
         counts = (len(running), engine.num_waiting, n_prefill)
         self._since += 1
         due = self.rule is None or counts != self._counts or self._since >= self.spec.max_interval
@@ -304,8 +320,8 @@ class AgentInterface:
             self._since = 0
         return due
 
-    def observe(self, engine) -> np.ndarray:
-        return encode_observation(engine, self.tracker)
+    def observe(self, engine, running: Optional[list[tuple]] = None) -> np.ndarray:
+        return encode_observation(engine, self.tracker, running)
 
     def decide(self, action) -> Rule:
         """Adopt the rule ``action`` means until the next decision."""
@@ -318,9 +334,8 @@ class AgentInterface:
         self.rule = rule
         self.num_decisions += 1
 
-    def plan(self, engine):
+    def plan(self, engine, running: Optional[list[tuple]] = None):
         if self.rule is None:
             raise RuntimeError("AgentInterface.plan before any decision: call sync() and decide() first")
-        now = engine.now_s
         tracker = self.tracker
-        return self.planner.plan(engine, self.rule, lambda r: tracker.late(r, now), tracker.due_slack_s())
+        return self.planner.plan(engine, self.rule, tracker.late_at(engine.now_s), tracker.due_slack_s(), running)

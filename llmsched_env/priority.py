@@ -149,6 +149,13 @@ def request_features(req, now_s: float, rank: float, late: bool, due_slack_s: fl
     return f
 
 
+def running_state(engine) -> list[tuple]:
+    """``(request, num_computed, prefill_target, num_blocks)`` of each running request in
+    admission order. Read once per engine step and passed on: an engine view (the vLLM hook's)
+    computes these fields on each read."""
+    return [(r, r.num_computed, r.prefill_target, r.num_blocks) for r in engine.running.values()]
+
+
 class PriorityPlanner:
     """Turns a ``Rule`` into a feasible BatchPlan on any engine view (see the module docstring).
 
@@ -162,30 +169,38 @@ class PriorityPlanner:
 
     def scores(self, engine, rule: Rule, late: Callable[[object], bool], due_slack_s: float,
                waiting: bool = True) -> list[tuple]:
-        """``(score, tiebreak, request)`` for every visible request, best first (with
-        ``waiting=False`` the running ones only, their ``queue_pos`` still among every visible
-        request)."""
+        """``(score, position, request)`` for every visible request, best first, ties by position
+        (with ``waiting=False`` the running ones only, their ``queue_pos`` still among every
+        visible request). ``position`` is the request's index in running (admission order) then
+        waiting (queue order), so ``position < len(engine.running)`` is a running request."""
+        ranked = self._ranked(engine, running_state(engine), rule, late, due_slack_s, waiting)
+        return [(-neg, i, r) for neg, i, r in ranked]
+
+    @staticmethod
+    def _ranked(engine, running: list[tuple], rule: Rule, late: Callable[[object], bool],
+                due_slack_s: float, waiting: bool) -> list[tuple]:
+        """``scores`` as ``(-score, position, request)``, best first, with the running requests'
+        state as ``running_state`` read it."""
         now = engine.now_s
-        n_run = len(engine.running)
-        visible = [*engine.running.values(), *engine.iter_waiting()]
-        n = len(visible)
+        n_run = len(running)
+        queue = list(engine.iter_waiting())
+        n = n_run + len(queue)
         if n == 0:
             return []
-        reqs = visible if waiting else visible[:n_run]
-        keys = [(r.arrival_s, r.rid) for r in visible]
+        keys = [(row[0].arrival_s, row[0].rid) for row in running] + [(r.arrival_s, r.rid) for r in queue]
         rank = [0.0] * n
         denom = max(1, n - 1)
         for pos, i in enumerate(sorted(range(n), key=keys.__getitem__)):
             rank[i] = pos / denom
-        # request_features inlined (the hot loop of every engine step; tested equal to it); the
-        # running requests come first in ``reqs``, so ``i < n_run`` is ``status == RUNNING``
+        rows = running + [(r, r.num_computed, r.prefill_target, 0) for r in queue] if waiting else running
+        # request_features inlined (the hot loop of every engine step; tested equal to it), its
+        # min/max clips as comparisons (the same numbers, without the builtin calls); the
+        # running requests come first in ``rows``, so ``i < n_run`` is ``status == RUNNING``
         (w_wait, w_dec, w_part, w_due, w_tbt, w_ttft, w_late, w_risk, w_prio, w_rank, w_left, w_prog,
          w_pred, w_ctx, w_pre) = rule.weights
         log2, inf = math.log2, math.inf
         out = []
-        for i, r in enumerate(reqs):
-            target = r.prefill_target
-            computed = r.num_computed
+        for i, (r, computed, target, _) in enumerate(rows):
             left = target - computed
             tt = r.token_times
             is_late = late(r)
@@ -199,13 +214,15 @@ class PriorityPlanner:
                     slack = tt[-1] + tbt - now
                     if slack <= due_slack_s:
                         s += w_due
-                    s += w_tbt * (min(4.0, max(-1.0, slack / tbt)) if tbt < inf else 4.0)
+                    f = slack / tbt if tbt < inf else 4.0
+                    s += w_tbt * ((f if f < 4.0 else 4.0) if f > -1.0 else -1.0)
             else:
                 s += w_part
             if not tt:
                 ttft = r.ttft_slo_s
                 slack = r.arrival_s + ttft - now
-                s += w_ttft * (min(4.0, max(-1.0, slack / ttft)) if ttft < inf else 4.0)
+                f = slack / ttft if ttft < inf else 4.0
+                s += w_ttft * ((f if f < 4.0 else 4.0) if f > -1.0 else -1.0)
                 if not is_late and slack < due_slack_s:
                     s += w_risk
             if is_late:
@@ -214,7 +231,7 @@ class PriorityPlanner:
             s += w_prio * (0.0 if prio <= 0 else 4.0 if prio >= 4 else float(prio))
             if left > 0:
                 s += w_left * log2(1.0 + left) / 16.0
-            s += w_prog * (min(1.0, computed / target) if target > 0 else 1.0)
+            s += w_prog * ((computed / target if computed < target else 1.0) if target > 0 else 1.0)
             pred = r.predicted_output_len
             if pred is None:
                 pred = r.max_tokens
@@ -225,31 +242,33 @@ class PriorityPlanner:
                 s += w_pre
             out.append((-s, i, r))
         out.sort()  # best first, ties by position (positions are distinct: requests are never compared)
-        return [(-ns, i, r) for ns, i, r in out]
+        return out
 
     def plan(self, engine, rule: Rule, late: Callable[[object], bool] = lambda r: False,
-             due_slack_s: float = 0.0) -> BatchPlan:
+             due_slack_s: float = 0.0, running: Optional[list[tuple]] = None) -> BatchPlan:
+        """The plan ``rule`` means for ``engine`` now. ``late(request)``: whether its SLO is
+        already certainly missed; ``due_slack_s``: how early a decode counts as due, seconds;
+        ``running``: ``running_state(engine)`` when already read this step."""
         cfg = engine.config
         bs = cfg.block_size
         budget = min(rule.token_budget, cfg.max_num_batched_tokens)
-        running = engine.running
-        closed = self.skip_closed_queue and self._admission_closed(engine, budget)
-        ranked = self.scores(engine, rule, late, due_slack_s, waiting=not closed)
+        if running is None:
+            running = running_state(engine)
+        n_run = len(running)
+        closed = self.skip_closed_queue and self._admission_closed(engine, budget, running)
+        ranked = self._ranked(engine, running, rule, late, due_slack_s, waiting=not closed)
         free = engine.free_blocks
-        resident = len(running)
+        resident = n_run
         reserve = int(rule.kv_reserve * cfg.num_kv_blocks) if resident else 0
         threshold = rule.admit_threshold if resident else -math.inf
         tokens: dict[int, int] = {}
         preempt: set[int] = set()
         # residents that may still be evicted, lowest score last (popped from the end)
-        evictable = [r for _, _, r in ranked if r.rid in running]
-        pos = {r.rid: k for k, r in enumerate(evictable)}
+        evictable = [running[i] for _, i, _ in ranked if i < n_run]
+        pos = {row[0].rid: k for k, row in enumerate(evictable)}
         # blocks the rest of each partial prefill will take (held back from admissions)
-        promise = {}
-        for r in running.values():
-            target = r.prefill_target
-            if r.num_computed < target:
-                promise[r.rid] = -(-target // bs) - r.num_blocks
+        promise = {r.rid: -(-target // bs) - blocks
+                   for r, computed, target, blocks in running if computed < target}
         promised = sum(promise.values())
         used = 0
         admitting = True
@@ -259,34 +278,35 @@ class PriorityPlanner:
             are free (or none is left); returns the free blocks."""
             nonlocal free, resident, promised
             while free < need and len(evictable) > k + 1:
-                victim = evictable.pop()
+                victim, _, _, victim_blocks = evictable.pop()
                 if victim.rid in tokens or victim.rid in preempt:
                     continue
                 preempt.add(victim.rid)
-                free += victim.num_blocks
+                free += victim_blocks
                 promised -= promise.pop(victim.rid, 0)
                 resident -= 1
             return free
 
-        for score, _, req in ranked:
+        for neg_score, i, req in ranked:
             if used >= budget:
                 break
             rid = req.rid
             if rid in preempt:
                 continue
-            if rid in running:
-                left = req.prefill_target - req.num_computed
+            if i < n_run:
+                _, computed, target, blocks = running[i]
+                left = target - computed
                 n = min(left, budget - used) if left > 0 else 1
-                need = -(-(req.num_computed + n) // bs) - req.num_blocks
+                need = -(-(computed + n) // bs) - blocks
                 if need > free:
                     evict_below(pos[rid], need)
                 if need > free:
                     if left <= 0:
                         continue
-                    n = min(n, (req.num_blocks + free) * bs - req.num_computed)
+                    n = min(n, (blocks + free) * bs - computed)
                     if n < 1:
                         continue
-                    need = -(-(req.num_computed + n) // bs) - req.num_blocks
+                    need = -(-(computed + n) // bs) - blocks
                 tokens[rid] = n
                 used += n
                 free -= need
@@ -296,9 +316,10 @@ class PriorityPlanner:
                     promised -= kept
             elif admitting:
                 computed = req.num_computed  # > 0 for a request swapped out with its KV
-                gate = -(-max(req.prefill_target, computed + 1) // bs)
-                n = min(req.tokens_owed, budget - used)
-                if (score < threshold or free - promised - gate < reserve or resident >= cfg.max_num_seqs
+                target = req.prefill_target
+                gate = -(-max(target, computed + 1) // bs)
+                n = min(target - computed if target > computed else 1, budget - used)  # tokens_owed
+                if (-neg_score < threshold or free - promised - gate < reserve or resident >= cfg.max_num_seqs
                         or n < 1):
                     admitting = False
                     continue
@@ -310,41 +331,42 @@ class PriorityPlanner:
                 promised += gate - taken
                 reserve = int(rule.kv_reserve * cfg.num_kv_blocks)
                 threshold = rule.admit_threshold
-        if not tokens and running:
-            self._progress(engine, ranked, preempt, tokens, budget)
+        if not tokens and n_run:
+            self._progress(engine, running, ranked, preempt, tokens, budget)
         return BatchPlan(tokens, preempt)
 
     @staticmethod
-    def _admission_closed(engine, budget: int) -> bool:
+    def _admission_closed(engine, budget: int, running: list[tuple]) -> bool:
         """True when no waiting request can be admitted this step, whatever the rule: every
         sequence slot is taken, and the free blocks cover what each running request could take
         (its rest of prefill up to the budget, or one decode token), so no eviction can open a
         slot. The plan is then the same without scoring the queue (tested), which keeps a step
-        O(running) on a server with a long queue, as vLLM's own scheduler is."""
-        running = engine.running
+        O(running) on a server with a long queue, as vLLM's own scheduler is. ``running`` is
+        ``running_state(engine)``."""
         if len(running) < engine.config.max_num_seqs:
             return False
         bs = engine.config.block_size
         room = engine.free_blocks
-        for r in running.values():
-            computed = r.num_computed
-            left = r.prefill_target - computed
-            room -= -(-(computed + (min(left, budget) if left > 0 else 1)) // bs) - r.num_blocks
+        for _, computed, target, blocks in running:
+            left = target - computed
+            room -= -(-(computed + (min(left, budget) if left > 0 else 1)) // bs) - blocks
             if room < 0:
                 return False
         return True
 
     @staticmethod
-    def _progress(engine, ranked, preempt, tokens, budget) -> None:
+    def _progress(engine, running, ranked, preempt, tokens, budget) -> None:
         """Schedule the best resident request that fits without eviction (rule 5)."""
         bs = engine.config.block_size
-        free = engine.free_blocks + sum(engine.running[rid].num_blocks for rid in preempt)
-        for _, _, req in ranked:
-            if req.rid not in engine.running or req.rid in preempt:
+        n_run = len(running)
+        free = engine.free_blocks + sum(blocks for r, _, _, blocks in running if r.rid in preempt)
+        for _, i, req in ranked:
+            if i >= n_run or req.rid in preempt:
                 continue
-            left = req.prefill_target - req.num_computed
+            _, computed, target, blocks = running[i]
+            left = target - computed
             n = min(left, budget) if left > 0 else 1
-            n = min(n, (req.num_blocks + free) * bs - req.num_computed)
+            n = min(n, (blocks + free) * bs - computed)
             if n >= 1:
                 tokens[req.rid] = n
                 return

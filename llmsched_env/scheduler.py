@@ -288,7 +288,7 @@ def _check_option_types(cls, name: str, options: dict) -> None:
             raise ValueError(f"scheduler {name!r}: option {key}={value!r} must be {want}")
 
 
-def make_scheduler(name: str, **options) -> Scheduler:
+def make_scheduler(name: str, /, **options) -> Scheduler:
     """Instantiate a registered scheduler from its name or spec (``name:key=value,...``; keyword
     options override the spec's). Raises UnknownScheduler listing the known names."""
     name, spec_options = parse_spec(name)

@@ -3,6 +3,7 @@ documented weighted sum, and the heuristic orders are reproduced through scores.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from agents.episodes import run_episode
 from llmsched_env.agent import AgentSpec
 from llmsched_env.priority import (HEURISTIC_RULES, NUM_FEATURES, REQUEST_FEATURES, PriorityPlanner, Rule,
-                                   request_features)
+                                   request_features, running_state)
 from llmsched_env.plan import BatchPlan
 from llmsched_env.request import RequestSpec
 from llmsched_env.scheduler import make_scheduler
@@ -66,7 +67,8 @@ def test_a_closed_queue_is_not_scored_and_the_plan_is_the_same(rules, lens, bloc
     steps = closed = 0
     while not eng.done:
         rule = rules[(steps // 5) % len(rules)]
-        closed += fast._admission_closed(eng, min(rule.token_budget, eng.config.max_num_batched_tokens))
+        closed += fast._admission_closed(eng, min(rule.token_budget, eng.config.max_num_batched_tokens),
+                                         running_state(eng))
         late = lambda r: r.rid % 3 == 0  # noqa: E731
         plan = fast.plan(eng, rule, late, 0.02)
         assert plan == full.plan(eng, rule, late, 0.02)
@@ -75,18 +77,70 @@ def test_a_closed_queue_is_not_scored_and_the_plan_is_the_same(rules, lens, bloc
     assert steps
 
 
+class _Counted:
+    """A request seen through a proxy that counts reads of the fields a view may compute per read."""
+
+    COMPUTED = ("num_computed", "prefill_target", "num_blocks")
+
+    def __init__(self, req, reads):
+        self._req, self._reads = req, reads
+
+    def __getattr__(self, name):
+        if name in self.COMPUTED:
+            self._reads[self._req.rid, name] += 1
+        return getattr(self._req, name)
+
+
+class _CountingView:
+    """An engine whose requests are ``_Counted`` (what the vLLM hook's view is like: its request
+    fields are properties computed on each read)."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.reads = Counter()
+        self.running = {rid: _Counted(r, self.reads) for rid, r in engine.running.items()}
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def iter_waiting(self):
+        return (_Counted(r, self.reads) for r in self._engine.iter_waiting())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules=st.lists(RULES, min_size=1, max_size=4),
+       lens=st.lists(st.tuples(st.integers(1, 120), st.integers(1, 40)), min_size=2, max_size=16),
+       blocks=st.integers(40, 120), seqs=st.integers(1, 6))
+def test_a_plan_reads_each_running_requests_state_once(rules, lens, blocks, seqs):
+    """The planner reads ``num_computed``, ``prefill_target`` and ``num_blocks`` of each running
+    request once per plan, and plans the same through such a view as on the engine itself."""
+    eng = make_engine(_specs(lens, len(lens)), num_kv_blocks=blocks, budget=64, max_seqs=seqs)
+    planner = PriorityPlanner()
+    steps = 0
+    while not eng.done:
+        rule = rules[(steps // 5) % len(rules)]
+        late = lambda r: r.rid % 3 == 0  # noqa: E731
+        view = _CountingView(eng)
+        plan = planner.plan(view, rule, late, 0.02)
+        assert plan == planner.plan(eng, rule, late, 0.02)
+        assert all(view.reads[rid, name] == 1 for rid in eng.running for name in _Counted.COMPUTED)
+        eng.step(plan)
+        steps += 1
+
+
 def test_the_queue_is_closed_only_when_no_admission_can_happen():
     def engine(blocks):
         return make_engine([RequestSpec(i, 0.0, 8, 3) for i in range(4)], num_kv_blocks=blocks, budget=64,
                            max_seqs=2)
 
     eng, planner = engine(64), PriorityPlanner()
-    assert not planner._admission_closed(eng, 64)  # free slots
+    assert not planner._admission_closed(eng, 64, running_state(eng))  # free slots
     eng.step(BatchPlan({0: 8, 1: 8}))
-    assert len(eng.running) == 2 and eng.num_waiting == 2 and planner._admission_closed(eng, 64)
+    assert len(eng.running) == 2 and eng.num_waiting == 2
+    assert planner._admission_closed(eng, 64, running_state(eng))
     tight = engine(4)
     tight.step(BatchPlan({0: 8, 1: 8}))  # 4 blocks of 4 tokens: full, the next decodes need blocks
-    assert tight.free_blocks == 0 and not planner._admission_closed(tight, 64)
+    assert tight.free_blocks == 0 and not planner._admission_closed(tight, 64, running_state(tight))
 
 
 def test_scores_are_the_weighted_sum_of_the_reference_features():
@@ -168,3 +222,11 @@ def test_every_heuristic_rule_is_a_point_of_the_action_space():
         assert back.weights == pytest.approx(rule.weights, abs=1e-5), name
         assert back.token_budget == rule.token_budget
         assert back.kv_reserve == pytest.approx(rule.kv_reserve, abs=1e-6)
+
+
+def test_a_rule_spec_may_name_its_rule():
+    """``rule:name=slai`` (the hook's LLMSCHED_POLICY form): the rule's ``name`` option is not the
+    registry's own argument."""
+    from llmsched_env.scheduler import make_scheduler
+    assert make_scheduler("rule:name=slai").rule == HEURISTIC_RULES["slai"]
+    assert make_scheduler("rule", name="fcfs").rule == HEURISTIC_RULES["fcfs"]
