@@ -173,14 +173,13 @@ def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cos
     parts = {"tokens": float(tok[k]), "attention_prompt": c["att_prompt"] * prompt,
              "attention_generated": gen_coef * gen, "per_emission": c["per_emit"] * float(O.sum()),
              "lm_head": c["lm"] * j_lo}
-    if isinstance(cost, InferMaxCostModel):
+    batches = int(J[k])
+    if isinstance(cost, InferMaxCostModel):  # linear in N: its fixed terms bounded by batch kind instead
         tokens, per_emission, batches = _infermax_fixed_terms(cost, P - H, O, T, j_lo, B, preemption)
         parts.update(tokens=tokens, per_emission=per_emission)
-        J = np.array([batches], dtype=np.float64)
-        k = 0
     g = config.num_gpus
     parts = {key: v * g for key, v in parts.items()}
-    return GpuBound(sum(parts.values()), j_lo, int(J[k]), T, parts)
+    return GpuBound(sum(parts.values()), j_lo, batches, T, parts)
 
 
 def _infermax_fixed_terms(cost: InferMaxCostModel, computed: np.ndarray, O: np.ndarray, T: int, j_lo: int,

@@ -75,6 +75,9 @@ from .optimal_cost import check_supported, choose_unit_s, latency_expr, min_batc
 
 OBJECTIVES = ("gpu_time", "slo", "return")
 SOLVER_MEMORY_MB = 3500  # default cap of the CP-SAT process: a search ends with what it has before 4 GB
+#: relative tolerance within which a schedule's GPU time equal to the relaxation bound is optimal
+#: (both are sums of the same float coefficients; 1e-9 is far below any cost difference)
+BOUND_MATCH = 1e-9
 
 
 class BuildTimeout(TimeoutError):
@@ -187,8 +190,8 @@ def packed_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, ext
     arrived (``gpu_time`` candidates, not registered: they read the true output lengths).
 
     Only for at most ``PACK_MAX_REQUESTS`` requests, where the cache holds every request at its
-    longest and every prompt fits the token budget B (otherwise ``[]``). For J_p = ceil(sum P / B) .. + ``extra_batches`` prefill
-    batches, an exhaustive search assigns each whole prompt to one of them, minimising the batch
+    longest and every prompt fits the token budget B (otherwise ``[]``). For J_p = ceil(sum P /
+    B) .. + ``extra_batches`` prefill batches, an exhaustive search assigns each whole prompt to one of them, minimising the batch
     count max_i(batch of i + O_i) (the longest requests go early); each batch also decodes every
     request prefilled before it, and after the last prefill batch every unfinished request
     decodes each batch. Returns one plan list per J_p that has an assignment within the budget.
@@ -788,12 +791,10 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         lb = relaxation_bound(specs, config, cost, objective, preemption, lam)
         if lb is not None and incumbent <= lb * (1 + BOUND_MATCH):
             # the relaxation proves the best known schedule optimal: no search is needed
-            run = cands[best]
-            return SolveResult("OPTIMAL", incumbent, lb, _gap(incumbent, lb, objective), 0.0, len(run.plans),
-                               len(run.plans), True, "not needed: the relaxation bound proves the schedule optimal",
-                               list(run.plans), list(run.latency_s), 0.0, objective, preemption, None, values,
-                               [], time.perf_counter() - t0,
-                               f"heuristic: {best} (equal to the relaxation bound of baselines.bound)")
+            return unsolved(objective, preemption, fallback, values, len(cands[best].plans), True,
+                            "not needed: the relaxation bound proves the schedule optimal",
+                            time.perf_counter() - t0, "equal to the relaxation bound of baselines.bound",
+                            bound=lb, status="OPTIMAL")
     inc_batches = len(cands[best].plans)
     J, rigorous, why = batch_bound(specs, config, cost, objective, preemption, incumbent, inc_batches, lam)
     if max_batches is not None and max_batches < J:
@@ -862,11 +863,6 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
                        m.unit_s, objective, preemption, hint_info, values, cb.rows, build_s, source, model=m)
 
 
-#: relative tolerance within which a schedule's GPU time equal to the relaxation bound is optimal
-#: (both are sums of the same float coefficients; 1e-9 is far below any cost difference)
-BOUND_MATCH = 1e-9
-
-
 def all_arrived_runs(specs, config, cost, preemption: bool, deadline: Optional[float] = None
                      ) -> dict[str, RecordedRun]:
     """Every heuristic's schedule (and the never-preempting reserve schedule) planned as if every
@@ -903,13 +899,15 @@ def relaxation_bound(specs, config, cost, objective: str, preemption: bool, lam:
 
 
 def unsolved(objective: str, preemption: bool, fallback: tuple, values: dict, J: int, rigorous: bool, why: str,
-             build_s: float, note: str, solve_s: float = 0.0, bound: Optional[float] = None) -> SolveResult:
-    """The result when the limit ended the call before the solver found anything: status
-    UNKNOWN, the best candidate's schedule ``fallback = (name, RecordedRun, value)`` with its
-    engine latencies, and ``bound`` if one was proven elsewhere (e.g. by a relaxation)."""
+             build_s: float, note: str, solve_s: float = 0.0, bound: Optional[float] = None,
+             status: str = "UNKNOWN") -> SolveResult:
+    """The result that reports a known candidate's schedule instead of a solver's:
+    ``fallback = (name, RecordedRun, value)`` with its engine latencies, and ``bound`` if one was
+    proven elsewhere (e.g. by a relaxation). Status UNKNOWN when the limit ended the call before
+    the solver found anything; OPTIMAL when the relaxation bound meets the candidate."""
     name, run, obj = fallback
     gap = None if bound is None else _gap(obj, bound, objective)
-    return SolveResult("UNKNOWN", obj, bound, gap, solve_s, J, len(run.plans), rigorous, why, list(run.plans),
+    return SolveResult(status, obj, bound, gap, solve_s, J, len(run.plans), rigorous, why, list(run.plans),
                        list(run.latency_s), 0.0, objective, preemption, None, values, [], build_s,
                        f"heuristic: {name} ({note})")
 

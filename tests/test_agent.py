@@ -80,6 +80,31 @@ def test_tracker_marks_ttft_and_tbt_misses_as_late():
     assert tracker.mean_batch_s > 0
 
 
+def test_observation_counts_late_requests_as_the_tracker_rules():
+    """encode_observation inlines SLOTracker.late for speed: its ``late_frac`` must equal the
+    tracker's own rule, step by step, with TTFT and TBT misses both occurring."""
+    from llmsched_env.plan import BatchPlan
+    specs = [RequestSpec(i, 0.002 * i, 16 + 8 * (i % 3), 4 + i % 4, ttft_slo_s=0.004 * (1 + i % 3),
+                         tbt_slo_s=1e-6 if i % 4 == 0 else 1.0, max_tokens=8) for i in range(24)]
+    eng = make_engine(specs, num_kv_blocks=64, budget=48)
+    tracker = SLOTracker(AgentSpec())
+    idx = OBS_FEATURES.index("late_frac")
+    seen_late = 0
+    while len(eng.finished) < len(specs):
+        tracker.update(eng)
+        visible = [*eng.running.values(), *eng.iter_waiting()]
+        n_late = sum(tracker.late(r, eng.now_s) for r in visible)
+        seen_late = max(seen_late, n_late)
+        expected = n_late / len(visible) if visible else 0.0
+        got = float(encode_observation(eng, tracker)[idx])
+        assert got == pytest.approx(min(max(expected, OBS_LOW), OBS_HIGH), abs=1e-6)
+        plan = {}
+        for r in visible[:4]:
+            plan[r.rid] = min(r.tokens_owed, 12)
+        eng.step(BatchPlan(plan))
+    assert seen_late > 0
+
+
 def test_observation_is_in_bounds_and_ignores_uptime():
     """The same state one hour into serving gives the same observation (no uptime features)."""
     obs = []
