@@ -65,7 +65,7 @@ from typing import Optional, Sequence
 
 from ortools.sat.python import cp_model
 
-from llmsched_env.cost_model import BatchShape, CostModel
+from llmsched_env.cost_model import BatchShape, CalibratedCostModel, CostModel
 from llmsched_env.engine import Engine, EngineConfig
 from llmsched_env.plan import BatchPlan
 from llmsched_env.request import RequestSpec
@@ -182,60 +182,189 @@ class ReserveScheduler:
 
 PACKED = "prefill packing (hint only)"
 PACK_MAX_REQUESTS = 10  # the search is exponential in the requests (at most (J_p)^n assignments)
+PACK_MAX_NODES = 200_000  # search nodes per batch count (each a partial assignment), to bound its time
 
 
-def packed_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, extra_batches: int = 1
-                         ) -> list[list[BatchPlan]]:
-    """Offline schedules that pack whole prompts into the fewest prefill batches, every request
-    arrived (``gpu_time`` candidates, not registered: they read the true output lengths).
+def packed_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, extra_batches: int = 1,
+                         deadline: Optional[float] = None) -> list[list[BatchPlan]]:
+    """Offline schedules that pack prompts into the fewest prefill batches, every request arrived
+    (``gpu_time`` candidates, not registered: they read the true output lengths).
 
     Only for at most ``PACK_MAX_REQUESTS`` requests, where the cache holds every request at its
     longest and every prompt fits the token budget B (otherwise ``[]``). For J_p = ceil(sum P /
-    B) .. + ``extra_batches`` prefill batches, an exhaustive search assigns each whole prompt to one of them, minimising the batch
-    count max_i(batch of i + O_i) (the longest requests go early); each batch also decodes every
-    request prefilled before it, and after the last prefill batch every unfinished request
-    decodes each batch. Returns one plan list per J_p that has an assignment within the budget.
-    Cost: at most J_p^n assignments, pruned by capacity and by the best batch count so far."""
+    B) .. + ``extra_batches`` prefill batches, an exhaustive search assigns each request's last
+    prefill chunk to one of them; a batch whose last chunks exceed B gives its excess, as first
+    chunks of its largest prompts, to the free room of earlier batches (the split that
+    ``baselines.prefill_packing`` prices). A request skips decoding in the prefill
+    batches after its own as far as its slack allows, then decodes every batch until done.
+    The search minimises the batch count max_i(batch of i + O_i) (the longest requests go
+    early), then the split tokens, then the split chunks. Returns one plan list per J_p that
+    has an assignment. Cost: at most J_p^n assignments, pruned by the best so far, and at most
+    ``PACK_MAX_NODES`` nodes (or until ``deadline``, a ``time.perf_counter()`` value) per J_p."""
     cfg = config
     bs, B = cfg.block_size, cfg.max_num_batched_tokens
-    reqs = sorted(specs, key=lambda s: (-s.output_len, s.rid))
+    reqs = sorted(specs, key=lambda s: (-s.output_len, -s.prompt_len, s.rid))
     if (len(reqs) > min(cfg.max_num_seqs, PACK_MAX_REQUESTS) or any(s.prompt_len > B for s in reqs)
             or sum(-(-(s.prompt_len + s.output_len - 1) // bs) for s in reqs) > cfg.num_kv_blocks):
         return []
-    j_p = -(-sum(s.prompt_len for s in reqs) // B)
+    P = [s.prompt_len for s in reqs]
+    O = [s.output_len for s in reqs]
+    j_p = -(-sum(P) // B)
     out = []
     for nb in range(j_p, min(len(reqs), j_p + extra_batches) + 1):
-        best: list = [None, math.inf]
+        best: list = [None, (math.inf,)]  # [(where, pieces), (span, split tokens, split chunks)]
         load = [0] * nb
         where = [0] * len(reqs)
+        nodes = [0]
 
-        def place(i: int, span: int) -> None:
-            if span >= best[1]:
+        def place(i: int, span: int, over: int) -> None:
+            nodes[0] += 1
+            if (span, over) >= best[1][:2] or nodes[0] > PACK_MAX_NODES or (
+                    deadline is not None and nodes[0] % 1024 == 0 and time.perf_counter() > deadline):
                 return
             if i == len(reqs):
-                # room in each batch for a decode of every request prefilled before it
-                if all(load[b] + sum(w < b for w in where) <= B for b in range(nb)):
-                    best[0], best[1] = list(where), span
+                pieces = _split_pieces(where, P, O, load, B)
+                if pieces is not None:
+                    rank = (span, sum(p[2] for p in pieces), len(pieces))
+                    if rank < best[1]:
+                        best[0], best[1] = (list(where), pieces), rank
                 return
-            s = reqs[i]
             for b in range(nb):
-                if load[b] + s.prompt_len <= B:
-                    load[b] += s.prompt_len
+                before = max(0, load[b] - B)
+                load[b] += P[i]
+                if b > 0 or load[b] <= B:  # the first batch has no earlier room to give its excess to
                     where[i] = b
-                    place(i + 1, max(span, b + s.output_len))
-                    load[b] -= s.prompt_len
+                    place(i + 1, max(span, b + O[i]), over + max(0, load[b] - B) - before)
+                load[b] -= P[i]
 
-        place(0, 0)
+        place(0, 0, 0)  # (span, over): lower bounds of the rank, pruning
         if best[0] is None:
             continue
-        plans, emitted = [], {s.rid: 0 for s in reqs}
-        for j in range(best[1]):
-            tokens = {s.rid: s.prompt_len for s, b in zip(reqs, best[0]) if b == j}
-            tokens.update({s.rid: 1 for s, b in zip(reqs, best[0]) if b < j and emitted[s.rid] < s.output_len})
-            for rid in tokens:
-                emitted[rid] += 1
+        (where, pieces), (span, _, _) = best
+        given = {i: size for i, _, size in pieces}
+        decodes = _decode_batches(where, O, nb, span)
+        plans = []
+        for j in range(span):
+            tokens = {reqs[i].rid: size for i, b, size in pieces if b == j}
+            tokens.update({reqs[i].rid: P[i] - given.get(i, 0) for i, b in enumerate(where) if b == j})
+            tokens.update({reqs[i].rid: 1 for i in range(len(reqs)) if j in decodes[i]})
             if tokens:
                 plans.append(BatchPlan(tokens))
+        out.append(plans)
+    return out
+
+
+def _decode_batches(where: list[int], O: list[int], nb: int, span: int) -> list[set[int]]:
+    """The batches each request decodes in: it skips the prefill batches after its own as far as
+    its slack in ``span`` batches allows (leaving their room to prompts), then decodes every batch."""
+    out = []
+    for w, o in zip(where, O):
+        skip = min(max(0, nb - 1 - w), span - w - o)
+        out.append(set(range(w + 1 + skip, w + o + skip)))
+    return out
+
+
+def _split_pieces(where: list[int], P: list[int], O: list[int], load: list[int], B: int
+                  ) -> Optional[list[tuple[int, int, int]]]:
+    """The first chunks (request index, batch, tokens) that carry each prefill batch's excess
+    over B (its last chunks and decodes, ``_decode_batches``) into the free room of earlier
+    batches; largest prompts give first, one piece each, into the earliest batch with room.
+    None if some excess finds no room."""
+    nb = len(load)
+    span = max(w + o for w, o in zip(where, O))
+    decodes = _decode_batches(where, O, nb, span)
+    free = [B - load[b] - sum(b in d for d in decodes) for b in range(nb)]
+    if free[0] < 0:
+        return None
+    pieces = []
+    for b in range(1, nb):
+        for i in sorted((i for i, w in enumerate(where) if w == b), key=lambda i: -P[i]):
+            if free[b] >= 0:
+                break
+            for e in range(b):
+                size = min(-free[b], P[i] - 1, free[e])
+                if size > 0:
+                    pieces.append((i, e, size))
+                    free[e] -= size
+                    free[b] += size
+                    break
+        if free[b] < 0:
+            return None
+    return pieces
+
+
+PACED = "paced prefill (hint only)"
+
+
+def paced_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, spans: int = 3,
+                        sizes: Optional[Sequence[int]] = None) -> list[list[BatchPlan]]:
+    """Offline schedules that spread prefill as evenly as the requests' deadlines allow, every
+    request arrived (``gpu_time`` candidates, not registered: they read the true output lengths).
+
+    For J = max O .. max O + ``spans`` - 1 batches, request i must emit its first token by batch
+    J - O_i; the prompt tokens follow the taut string of those deadlines (the least concave
+    majorant of D_t, the prompts due by batch t: the most even pacing, which the relaxation of
+    ``baselines.bound.deadline_tokens_s`` prices), earliest deadline first, on top of a decode of
+    every request past its prefill; once the prompts are done every unfinished request decodes
+    each batch. With ``sizes`` (ascending batch sizes, tokens: e.g. the knots of the token cost's
+    lower convex envelope, where the cost equals the envelope), a batch that prefills is rounded
+    up to the next of them (unless that more than doubles it), so that batches alternate between
+    sizes the envelope prices exactly.
+    Only where the cache holds every request at its longest and the sequence limit all of them
+    (otherwise ``[]``)."""
+    cfg = config
+    B, bs = cfg.max_num_batched_tokens, cfg.block_size
+    if (len(specs) > cfg.max_num_seqs
+            or sum(-(-(s.prompt_len + s.output_len - 1) // bs) for s in specs) > cfg.num_kv_blocks):
+        return []
+    longest = max(s.output_len for s in specs)
+    out = []
+    for J in range(longest, longest + spans):
+        due = sorted(specs, key=lambda s: (J - s.output_len, s.rid))
+        step: dict[int, int] = {}
+        for s in due:  # D_t steps up by P at each deadline t = J - O
+            step[J - s.output_len] = step.get(J - s.output_len, 0) + s.prompt_len
+        pts = [(-1, 0)]
+        for t in sorted(step):
+            pts.append((t, pts[-1][1] + step[t]))
+        hull: list[tuple[int, int]] = []
+        for x, y in pts:
+            while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (x - hull[-2][0])
+                                      <= (y - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
+                hull.pop()
+            hull.append((x, y))
+        left = {s.rid: s.prompt_len for s in due}
+        emitted = {s.rid: 0 for s in due}
+        plans, done, seg = [], 0, 0
+        j = 0
+        while any(emitted[s.rid] < s.output_len for s in due):
+            tokens = {s.rid: 1 for s in due if left[s.rid] == 0 and 0 < emitted[s.rid] < s.output_len}
+            while seg + 1 < len(hull) and hull[seg + 1][0] < j:
+                seg += 1
+            if seg + 1 < len(hull):  # cumulative prompt tokens due by batch j on the taut string
+                (x0, y0), (x1, y1) = hull[seg], hull[seg + 1]
+                target = y0 + (y1 - y0) * (j - x0) // (x1 - x0)
+            else:
+                target = hull[-1][1]
+            room = min(max(0, target - done), B - len(tokens))
+            if sizes and room > 0:  # the next size, unless that more than doubles the batch
+                size = min(next((k for k in sizes if k >= len(tokens) + room), B), B)
+                room = size - len(tokens) if size <= 2 * (len(tokens) + room) else room
+            for s in due:
+                if room <= 0:
+                    break
+                if left[s.rid] > 0:
+                    n = min(left[s.rid], room)
+                    tokens[s.rid] = n
+                    left[s.rid] -= n
+                    done += n
+                    room -= n
+            for rid in tokens:
+                if left[rid] == 0:
+                    emitted[rid] += 1
+            if tokens:
+                plans.append(BatchPlan(tokens))
+            j += 1
         out.append(plans)
     return out
 
@@ -845,8 +974,9 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         bound = m.natural(out.bound) if has_bound and status == "UNKNOWN" else None
         if bound is not None and ((bound > obj + 1e-9) if objective == "gpu_time" else (bound < obj - 1e-9)):
             bound = None  # stopped before any search (e.g. in presolve): no bound was proven
-        if bound is None:
-            bound = relaxation_bound(specs, config, cost, objective, preemption, lam)
+        rel = lb if lb is not None else relaxation_bound(specs, config, cost, objective, preemption, lam)
+        if bound is None or (rel is not None and better(bound, rel, objective)):
+            bound = rel  # the relaxation proves more than the solver did (or the solver proved nothing)
         if status == "INFEASIBLE":  # cannot be true (the hint satisfies every constraint): numerical failure
             status = "UNKNOWN (solver reported INFEASIBLE despite a feasible hint: no bound)"
         plans, lats = m.hint_plans, m.hint_latency_s
@@ -873,8 +1003,17 @@ def all_arrived_runs(specs, config, cost, preemption: bool, deadline: Optional[f
     at_once = [replace(s, arrival_s=0.0) for s in specs]
     runs = heuristic_runs(at_once, config, cost, deadline=deadline)
     runs[RESERVE] = record_run(at_once, config, cost, ReserveScheduler())
-    for k, plans in enumerate(packed_prefill_plans(at_once, without_prefix_cache(config))):
+    for k, plans in enumerate(packed_prefill_plans(at_once, without_prefix_cache(config), deadline=deadline)):
         runs[f"{PACKED} {k + 1}"] = record_run(at_once, config, cost, OptimalScheduler(plans))
+    knots = None
+    if isinstance(cost, CalibratedCostModel):  # its token cost is not convex: pace at the envelope's knots
+        from .bound import lower_convex_envelope
+        B = config.max_num_batched_tokens
+        knots = [int(x) for x in lower_convex_envelope(
+            [cost.overhead_s + cost.token_level_s(n) for n in range(1, B + 1)])[0]]
+    for k, plans in enumerate(paced_prefill_plans(at_once, without_prefix_cache(config))
+                              + (paced_prefill_plans(at_once, without_prefix_cache(config), sizes=knots) if knots else [])):
+        runs[f"{PACED} {k + 1}"] = record_run(at_once, config, cost, OptimalScheduler(plans))
     return {f"{name} (all arrived)": r for name, r in runs.items()
             if r.summary["num_finished"] == r.summary["num_requests"]
             and (preemption or not any(p.preempt for p in r.plans))}

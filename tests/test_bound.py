@@ -117,3 +117,104 @@ def test_bounds_hold_with_prefix_caching_on_conversations(shared_data):
         assert s["gpu_busy_s"] >= lb, name
         assert s["num_slo_met"] <= ub, name
     assert hits > 0
+
+
+def _random_infermax(rng):
+    from llmsched_env.cost_model import InferMaxCostModel
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    return InferMaxCostModel(name="random", num_layers=1, a_prefill_ms=u(0, 0.2), b_prefill_ms=u(0, 5),
+                             a_decode_ms=u(0, 0.2), b_decode_ms=u(0, 5), a_other_ms=u(0.1, 1), b_other_ms=u(0, 5),
+                             per_prefill_ms=u(0, 3), per_decode_ms=u(0, 1), prefill_kv_ms=u(0, 3),
+                             multi_factor=float(rng.choice([1.0, 1.1])))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_infermax_bound_holds_against_an_exhaustive_search(seed):
+    """InferMax's bound prices the order of prefill batches and the prompts split to fit them
+    (baselines.prefill_packing): on random tiny workloads and random constants, with and without
+    preemption, it never exceeds the least GPU time over every feasible plan sequence (the
+    Engine-driven Dijkstra search of test_optimal_exhaustive)."""
+    from llmsched_env.engine import Engine
+    from tests.conftest import spec
+    from tests.test_optimal_exhaustive import NoCache, min_gpu_time
+
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        cost = _random_infermax(rng)
+        specs = [spec(i, prompt=int(rng.integers(1, 5)), output=int(rng.integers(1, 4)))
+                 for i in range(int(rng.integers(2, 4)))]
+        cfg = NoCache(num_kv_blocks=sum(s.prompt_len + s.output_len for s in specs), block_size=1,
+                      max_num_batched_tokens=int(rng.integers(3, 6)), max_num_seqs=3)
+        for preemption in (False, True):
+            best = min_gpu_time(Engine(specs, cfg, cost), preemption)
+            assert gpu_time_lower_bound(specs, cfg, cost, preemption).value <= best * (1 + 1e-12)
+
+
+def test_infermax_bound_is_exact_where_prompts_must_split():
+    """Prompts of 3, 3 and 2 tokens fill two batches of 4 only if one is split: the cheapest
+    schedule (exhaustive search) pays the split's chunk and context, and the bound equals it."""
+    from llmsched_env.cost_model import InferMaxCostModel
+    from llmsched_env.engine import Engine
+    from tests.conftest import spec
+    from tests.test_optimal_exhaustive import NoCache, min_gpu_time
+
+    cost = InferMaxCostModel(name="split", num_layers=1, a_prefill_ms=0.0, b_prefill_ms=2.0, a_decode_ms=0.0,
+                             b_decode_ms=1.0, a_other_ms=0.5, b_other_ms=3.0, per_prefill_ms=0.5, per_decode_ms=0.1,
+                             prefill_kv_ms=1.0, multi_factor=1.0)
+    specs = [spec(0, prompt=3, output=1), spec(1, prompt=3, output=1), spec(2, prompt=2, output=1)]
+    cfg = NoCache(num_kv_blocks=16, block_size=1, max_num_batched_tokens=4, max_num_seqs=3)
+    best = min_gpu_time(Engine(specs, cfg, cost), False)
+    lb = gpu_time_lower_bound(specs, cfg, cost, False).value
+    # two batches (b_other + b_prefill each), 8 tokens, 4 chunks, and a split token of context
+    assert best == pytest.approx(1e-3 * (2 * 5.0 + 0.5 * 8 + 0.5 * 4 + 1.0), rel=1e-12)
+    assert lb == pytest.approx(best, rel=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["a100-llama3-8b", "h100-llama3-8b"])
+def test_calibrated_bound_holds_against_an_exhaustive_search(preset):
+    """The calibrated model's bound (each request's deadlines on the batches' cumulative tokens,
+    priced by the taut string on the token cost's convex envelope) never exceeds the least GPU
+    time over every feasible plan sequence, with and without preemption, on random tiny
+    workloads whose cache may bind."""
+    from llmsched_env.engine import Engine
+    from tests.conftest import spec
+    from tests.test_optimal_exhaustive import NoCache, min_gpu_time
+
+    cost = get_preset(preset).cost_model
+    rng = np.random.default_rng(11)
+    for _ in range(4):
+        specs = [spec(i, prompt=int(rng.integers(1, 5)), output=int(rng.integers(1, 4)))
+                 for i in range(int(rng.integers(2, 4)))]
+        longest = max(s.prompt_len + s.output_len for s in specs)
+        cfg = NoCache(num_kv_blocks=int(rng.integers(longest, sum(s.prompt_len + s.output_len for s in specs) + 1)),
+                      block_size=1, max_num_batched_tokens=int(rng.integers(2, 6)), max_num_seqs=3)
+        for preemption in (False, True):
+            best = min_gpu_time(Engine(specs, cfg, cost), preemption)
+            assert gpu_time_lower_bound(specs, cfg, cost, preemption).value <= best * (1 + 1e-12)
+
+
+def test_deadline_bound_prices_prefill_that_cannot_be_spread(shared_data):
+    """The longest request's prompt must be prefilled before its O - 1 decodes: on arXiv lengths
+    the deadline bound is well above Jensen's (which spreads every token evenly over the
+    batches), and the paced-prefill schedule that follows the same taut string comes within 1%."""
+    from baselines.bound import deadline_tokens_s, lower_convex_envelope
+    from baselines.optimal import all_arrived_runs, without_prefix_cache
+
+    p = get_preset("a100-llama3-8b")
+    specs = build_workload(WorkloadConfig(num_requests=6, arrival="poisson", rate=2.0, lengths="trace",
+                                          trace="arxiv_summarization_stats_llama2_tokenizer_filtered_v2", seed=0))
+    cfg = without_prefix_cache(p.engine_config())
+    cost = p.cost_model
+    B = cfg.max_num_batched_tokens
+    hx, hy = lower_convex_envelope(np.array([cost.overhead_s + cost.token_level_s(n) for n in range(1, B + 1)]))
+    P = np.array([s.prompt_len for s in specs])
+    O = np.array([s.output_len for s in specs])
+    T = int(np.sum(P + O - 1))
+    J = np.arange(int(O.max()), T + 1)
+    jensen = float(np.min(J * np.interp(T / J, hx, hy)))
+    assert deadline_tokens_s(P, O, int(O.max()), hx, hy)[0] > 1.05 * jensen
+    lb = gpu_time_lower_bound(specs, cfg, cost).value
+    runs = all_arrived_runs(specs, cfg, cost, True)
+    best = min(r.summary["gpu_busy_s"] for r in runs.values())
+    assert lb <= best <= 1.01 * lb
+    assert min(runs, key=lambda n: runs[n].summary["gpu_busy_s"]).startswith("paced prefill")

@@ -64,12 +64,14 @@ def test_cli_time_limit_holds_and_writes_json(tmp_path, shared_data):
 ARXIV = "arxiv_summarization_stats_llama2_tokenizer_filtered_v2"
 
 
-def test_real_length_optimum_is_proven_and_replays(shared_data):
-    """Issue 19 item 2: six arXiv requests (1,351-3,808 prompt tokens) on InferMax's cost model,
-    arrivals at 2 req/s: the prefill-packing schedule meets the relaxation bound, so the GPU time
-    is proven optimal in seconds, and the engine's replay gives the same value. Every heuristic,
-    serving arrivals as they come, costs more."""
-    specs = build_workload(WorkloadConfig(num_requests=6, arrival="poisson", rate=2.0, lengths="trace",
+@pytest.mark.parametrize("n", [6, 8])
+def test_real_length_optimum_is_proven_and_replays(shared_data, n):
+    """Issue 19 item 2: six and eight arXiv requests (1,351-3,808 prompt tokens) on InferMax's
+    cost model, arrivals at 2 req/s: the prefill-packing schedule meets the relaxation bound, so
+    the GPU time is proven optimal in seconds, and the engine's replay gives the same value.
+    Eight prompts fill three batches only if two are split: the bound prices that. Every
+    heuristic, serving arrivals as they come, costs more."""
+    specs = build_workload(WorkloadConfig(num_requests=n, arrival="poisson", rate=2.0, lengths="trace",
                                           trace=ARXIV, seed=0))
     assert min(s.prompt_len for s in specs) > 1000
     p = get_preset("infermax-a100-llama2-7b")
@@ -102,6 +104,15 @@ def test_prefill_packing_plans_are_valid_and_only_where_everything_fits():
         assert out["num_finished"] == len(specs) and out["num_preemptions"] == 0
     # the longest output is prefilled first: the batch count is max(batch + O) = 9
     assert len(found[0]) == 9
+    # 300 + 300 + 250 tokens fill two batches of 512 only if a prompt is split: its first chunk
+    # goes to the first batch's free room
+    trio = [spec(i, prompt=p, output=o) for i, (p, o) in enumerate([(300, 5), (300, 9), (250, 2)])]
+    plans = packed_prefill_plans(trio, cfg)[0]
+    out = run(Engine(trio, cfg, LinearCostModel()), OptimalScheduler(plans))
+    assert out["num_finished"] == 3 and all(sum(p.tokens.values()) <= 512 for p in plans)
+    first, second = plans[0].tokens, plans[1].tokens
+    split = [rid for rid in first if rid in second and first[rid] + second[rid] == trio[rid].prompt_len]
+    assert len(split) == 1 and len(plans) == 9  # request 1 (O = 9) is prefilled in the first batch
     small = EngineConfig(num_kv_blocks=40, block_size=16, max_num_batched_tokens=512, max_num_seqs=8,
                          prefix_caching=False)
     assert packed_prefill_plans(specs, small) == []  # the cache cannot hold every request
