@@ -187,7 +187,7 @@ def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cos
              "attention_generated": gen_coef * gen, "per_emission": c["per_emit"] * float(O.sum()),
              "lm_head": c["lm"] * j_lo}
     if isinstance(cost, InferMaxCostModel):  # linear in N: its fixed terms bounded by batch kind instead
-        tokens, per_emission, batches = _infermax_fixed_terms(cost, P - H, O, T, j_lo, B, preemption,
+        tokens, per_emission, batches = _infermax_fixed_terms(cost, P, P - H, O, T, j_lo, B, preemption,
                                                                config.prefix_caching)
         parts.update(tokens=tokens, per_emission=per_emission)
     g = config.num_gpus
@@ -254,8 +254,9 @@ def deadline_tokens_s(computed: np.ndarray, O: np.ndarray, j_lo: int, hx: np.nda
     return best, best_J
 
 
-def _infermax_fixed_terms(cost: InferMaxCostModel, computed: np.ndarray, O: np.ndarray, T: int, j_lo: int,
-                          B: int, preemption: bool, prefix_caching: bool) -> tuple[float, float, int]:
+def _infermax_fixed_terms(cost: InferMaxCostModel, prompt: np.ndarray, computed: np.ndarray, O: np.ndarray,
+                          T: int, j_lo: int, B: int, preemption: bool, prefix_caching: bool
+                          ) -> tuple[float, float, int]:
     """InferMax's per-batch and per-participation terms, bounded batch by batch kind, seconds:
     (token, fixed and prompt-split terms, per-participation terms, batches J).
 
@@ -269,8 +270,9 @@ def _infermax_fixed_terms(cost: InferMaxCostModel, computed: np.ndarray, O: np.n
     its per-decode term and a decode batch's ``b_decode``. The cheapest (J_p, J_d) is a vertex of
     that 2-variable LP; the total grows with J, so J = J_lo. A schedule that never preempts also
     pays the least terms of its prefill packing (``baselines.prefill_packing``: the order of its
-    prefill batches and the prompts they split); one that preempts re-prefills at least as many
-    tokens beyond T as above, so the bound is the lesser of the two. Participations: each request has at least one prefill chunk, and
+    prefill batches and the prompts they split) and the multi-decode surcharge
+    (:func:`_multi_decode_ms`); one that preempts after a request's first token re-prefills at
+    least as many tokens beyond T as above, so the bound is the lesser of the two. Participations: each request has at least one prefill chunk, and
     every other emission is a decode or a recompute's prefill chunk. ``multi_factor >= 1`` only
     multiplies non-negative terms, so it is left at 1."""
     s = cost.num_layers * 1e-3
@@ -285,13 +287,55 @@ def _infermax_fixed_terms(cost: InferMaxCostModel, computed: np.ndarray, O: np.n
         return cost.b_other_ms * J + cost.b_prefill_ms * jp + cost.b_decode_ms * max(d_lo, J - jp)
 
     loose = min(fixed(j, jp) for jp in (j_p, max(j_p, j - d_lo)))
-    packing = packing_bound(computed.tolist(), O.tolist(), B, j, fixed, cost.prefill_kv_ms, cost.per_prefill_ms)
-    packed = loose if packing is None else packing.value
+    surcharge = _multi_decode_ms(cost, prompt, O, j)
+
+    def fixed_np(J: int, jp: int) -> float:  # a schedule that never preempts after a first token
+        return fixed(J, jp) + surcharge(J)
+
+    packing = packing_bound(computed.tolist(), O.tolist(), B, j, fixed_np, cost.prefill_kv_ms, cost.per_prefill_ms)
+    packed = min(fixed_np(j, jp) for jp in (j_p, max(j_p, j - d_lo))) if packing is None else packing.value
     if preemption:
         packed = min(packed, loose + cost.a_other_ms * float(again.min()))
     tokens = s * (cost.a_other_ms * T + max(loose, packed))
     per = s * (cost.per_prefill_ms * len(O) + min(cost.per_prefill_ms, cost.per_decode_ms) * float((O - 1).sum()))
     return tokens, per, j
+
+
+MULTI_DECODE_MAX_BATCH_COUNTS = 2000  # batch counts priced one by one; beyond, no surcharge
+
+
+def _multi_decode_ms(cost: InferMaxCostModel, prompt: np.ndarray, O: np.ndarray, j: int):
+    """J -> the least ``(multi_factor - 1) x (a_decode x KV + b_decode)`` that batches with more
+    than one decode pay in a schedule of J batches whose decodes are all its emissions after
+    the first (no preemption after a first token), ms per layer.
+
+    The first batch has no decode, so at most J - 1 batches decode; with D = sum(O - 1) decodes
+    among n >= 2 decoding requests, at most J - 1 - M of them are alone in a batch when M
+    batches have several, so M >= (D - (J - 1)) / (n - 1), and M >= O_2 - 1 - (J - O_1) (the
+    longest request decodes in all but J - O_1 of those batches, the second longest in O_2 - 1);
+    at least D - (J - 1 - M) decodes, the ones with the least KV at best (P + g for a request's
+    g-th decode), pay the surcharge.
+    Made to fall by at most ``b_other`` per batch more (so that the per-batch terms plus it grow
+    with J, as ``packing_bound`` needs): a smaller value, so still a bound."""
+    f = cost.multi_factor - 1.0
+    dec = O - 1
+    n, D = int(np.sum(dec > 0)), int(dec.sum())
+    if f <= 0 or n < 2 or D <= j - 1:
+        return lambda J: 0.0
+    kv = np.sort(np.concatenate([p + np.arange(1, d + 1) for p, d in zip(prompt.tolist(), dec.tolist()) if d > 0]))
+    least = np.concatenate([[0.0], np.cumsum(kv, dtype=np.float64)])
+    top = min(D + 1, j + MULTI_DECODE_MAX_BATCH_COUNTS)
+    Js = np.arange(j, top + 1)
+    o1, o2 = np.sort(O)[::-1][:2].tolist()
+    # the longest request skips at most J - O_1 of the J - 1 batches after the first, and the
+    # second longest decodes in O_2 - 1 of them
+    M = np.maximum(np.maximum(0, -(-(D - (Js - 1)) // (n - 1))), o2 - 1 - (Js - o1))
+    multi = np.clip(D - (Js - 1 - M), 0, D)
+    value = np.where(M > 0, f * (cost.b_decode_ms * M + cost.a_decode_ms * least[multi]), 0.0)
+    value[-1] = 0.0
+    for k in range(len(value) - 2, -1, -1):
+        value[k] = min(value[k], value[k + 1] + cost.b_other_ms)
+    return lambda J: float(value[J - j]) if J <= top else 0.0
 
 
 def per_token_rate_s(cost: CostModel, config: EngineConfig) -> float:

@@ -218,3 +218,29 @@ def test_deadline_bound_prices_prefill_that_cannot_be_spread(shared_data):
     best = min(r.summary["gpu_busy_s"] for r in runs.values())
     assert lb <= best <= 1.01 * lb
     assert min(runs, key=lambda n: runs[n].summary["gpu_busy_s"]).startswith("paced prefill")
+
+
+def test_infermax_bound_prices_batches_with_several_decodes():
+    """With a multi-batch factor, a batch with more than one decode pays it on its decode terms:
+    three requests whose decodes must overlap (the longest decodes in every batch after the
+    first) pay it in two of the three decode batches, and without preemption the bound equals the exhaustive
+    optimum (no prefill term is multiplied here: b_prefill = a_prefill = 0)."""
+    import baselines.bound as bound
+    from llmsched_env.cost_model import InferMaxCostModel
+    from llmsched_env.engine import Engine
+    from tests.conftest import spec
+    from tests.test_optimal_exhaustive import NoCache, min_gpu_time
+
+    cost = InferMaxCostModel(name="md", num_layers=1, a_prefill_ms=0.0, b_prefill_ms=0.0, a_decode_ms=0.1,
+                             b_decode_ms=1.0, a_other_ms=0.5, b_other_ms=3.0, per_prefill_ms=0.5, per_decode_ms=0.1,
+                             prefill_kv_ms=1.0, multi_factor=1.5)
+    specs = [spec(0, prompt=2, output=4), spec(1, prompt=1, output=3), spec(2, prompt=1, output=2)]
+    cfg = NoCache(num_kv_blocks=32, block_size=1, max_num_batched_tokens=8, max_num_seqs=3)
+    best = min_gpu_time(Engine(specs, cfg, cost), False)
+    lb = gpu_time_lower_bound(specs, cfg, cost, False).value
+    assert lb == pytest.approx(best, rel=1e-12)
+    surcharge = bound._multi_decode_ms(cost, np.array([2, 1, 1]), np.array([4, 3, 2]), 4)
+    # 4 batches: 6 decodes in the last 3, at least 2 of them with several, carrying 5 decodes (KV
+    # 2 + 2 + 3 + 3 + 4 at least)
+    assert surcharge(4) == pytest.approx(0.5 * (2 * 1.0 + 0.1 * 14))
+    assert gpu_time_lower_bound(specs, cfg, cost, True).value <= min_gpu_time(Engine(specs, cfg, cost), True)
