@@ -148,8 +148,9 @@ def computed_prompt(spec: RequestSpec, config: EngineConfig) -> int:
 
 
 def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel,
-                         preemption: bool = True) -> GpuBound:
-    """The relaxation's lower bound on the GPU-seconds of serving ``specs`` (every request)."""
+                         preemption: bool = True, time_limit_s: float = 10.0) -> GpuBound:
+    """The relaxation's lower bound on the GPU-seconds of serving ``specs`` (every request).
+    ``time_limit_s`` bounds InferMax's prefill packing (a weaker bound once it is spent)."""
     c = _coefs(cost)
     P = np.array([s.prompt_len for s in specs], dtype=np.int64)
     O = np.array([s.output_len for s in specs], dtype=np.int64)
@@ -188,7 +189,7 @@ def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cos
              "lm_head": c["lm"] * j_lo}
     if isinstance(cost, InferMaxCostModel):  # linear in N: its fixed terms bounded by batch kind instead
         tokens, per_emission, batches = _infermax_fixed_terms(cost, P, P - H, O, T, j_lo, B, preemption,
-                                                               config.prefix_caching)
+                                                               config.prefix_caching, time_limit_s)
         parts.update(tokens=tokens, per_emission=per_emission)
     g = config.num_gpus
     parts = {key: v * g for key, v in parts.items()}
@@ -255,8 +256,8 @@ def deadline_tokens_s(computed: np.ndarray, O: np.ndarray, j_lo: int, hx: np.nda
 
 
 def _infermax_fixed_terms(cost: InferMaxCostModel, prompt: np.ndarray, computed: np.ndarray, O: np.ndarray,
-                          T: int, j_lo: int, B: int, preemption: bool, prefix_caching: bool
-                          ) -> tuple[float, float, int]:
+                          T: int, j_lo: int, B: int, preemption: bool, prefix_caching: bool,
+                          time_limit_s: float) -> tuple[float, float, int]:
     """InferMax's per-batch and per-participation terms, bounded batch by batch kind, seconds:
     (token, fixed and prompt-split terms, per-participation terms, batches J).
 
@@ -292,7 +293,8 @@ def _infermax_fixed_terms(cost: InferMaxCostModel, prompt: np.ndarray, computed:
     def fixed_np(J: int, jp: int) -> float:  # a schedule that never preempts after a first token
         return fixed(J, jp) + surcharge(J)
 
-    packing = packing_bound(computed.tolist(), O.tolist(), B, j, fixed_np, cost.prefill_kv_ms, cost.per_prefill_ms)
+    packing = packing_bound(computed.tolist(), O.tolist(), B, j, fixed_np, cost.prefill_kv_ms, cost.per_prefill_ms,
+                            time_limit_s)
     packed = min(fixed_np(j, jp) for jp in (j_p, max(j_p, j - d_lo))) if packing is None else packing.value
     if preemption:
         packed = min(packed, loose + cost.a_other_ms * float(again.min()))

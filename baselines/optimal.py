@@ -917,7 +917,7 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     fallback = (best, cands[best], incumbent)
     lb = None
     if objective == "gpu_time":
-        lb = relaxation_bound(specs, config, cost, objective, preemption, lam)
+        lb = relaxation_bound(specs, config, cost, objective, preemption, lam, _bound_time(deadline))
         if lb is not None and incumbent <= lb * (1 + BOUND_MATCH):
             # the relaxation proves the best known schedule optimal: no search is needed
             return unsolved(objective, preemption, fallback, values, len(cands[best].plans), True,
@@ -950,7 +950,7 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     except BuildTimeout as e:
         return replace(unsolved(objective, preemption, fallback, values, J, rigorous, why, time.perf_counter() - t0,
                                 "the time limit ended before the search started",
-                                bound=relaxation_bound(specs, config, cost, objective, preemption, lam)),
+                                bound=relaxation_bound(specs, config, cost, objective, preemption, lam, _bound_time(deadline))),
                        model=e.model)
     build_s = time.perf_counter() - t0
     m.add_cutoff()
@@ -974,7 +974,7 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         bound = m.natural(out.bound) if has_bound and status == "UNKNOWN" else None
         if bound is not None and ((bound > obj + 1e-9) if objective == "gpu_time" else (bound < obj - 1e-9)):
             bound = None  # stopped before any search (e.g. in presolve): no bound was proven
-        rel = lb if lb is not None else relaxation_bound(specs, config, cost, objective, preemption, lam)
+        rel = lb if lb is not None else relaxation_bound(specs, config, cost, objective, preemption, lam, _bound_time(deadline))
         if bound is None or (rel is not None and better(bound, rel, objective)):
             bound = rel  # the relaxation proves more than the solver did (or the solver proved nothing)
         if status == "INFEASIBLE":  # cannot be true (the hint satisfies every constraint): numerical failure
@@ -985,7 +985,7 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     elif status == "UNKNOWN":
         return replace(unsolved(objective, preemption, fallback, values, J, rigorous, why, build_s,
                                 out.note or "the solver found no schedule within the limit", solve_s=out.wall_s,
-                                bound=relaxation_bound(specs, config, cost, objective, preemption, lam)), model=m)
+                                bound=relaxation_bound(specs, config, cost, objective, preemption, lam, _bound_time(deadline))), model=m)
     else:
         obj = gap = bound = None
         plans, lats = [], []
@@ -1019,6 +1019,11 @@ def all_arrived_runs(specs, config, cost, preemption: bool, deadline: Optional[f
             and (preemption or not any(p.preempt for p in r.plans))}
 
 
+def _bound_time(deadline: float) -> float:
+    """Seconds for a relaxation bound inside ``solve``: what is left, within [0.5, 10]."""
+    return max(0.5, min(10.0, deadline - time.perf_counter()))
+
+
 def relaxation_bound(specs, config, cost, objective: str, preemption: bool, lam: float,
                      time_limit_s: float = 1.0) -> Optional[float]:
     """The bound of ``baselines.bound`` on ``objective`` for the model's engine (prefix caching
@@ -1028,11 +1033,11 @@ def relaxation_bound(specs, config, cost, objective: str, preemption: bool, lam:
     config = without_prefix_cache(config)
     try:
         if objective == "gpu_time":
-            return gpu_time_lower_bound(specs, config, cost, preemption).value
+            return gpu_time_lower_bound(specs, config, cost, preemption, time_limit_s).value
         met = slo_upper_bound(specs, config, cost, time_limit_s).value
         if objective == "slo":
             return float(met)
-        return met - lam * gpu_time_lower_bound(specs, config, cost, preemption).value
+        return met - lam * gpu_time_lower_bound(specs, config, cost, preemption, time_limit_s).value
     except UnsupportedBound:
         return None
 

@@ -51,7 +51,8 @@ def packing_bound(computed: Sequence[int], O: Sequence[int], B: int, j: int,
     ``O`` output tokens in batches of at most ``B`` tokens (module docstring). ``j``: the fewest
     batches any schedule has (J >= j); ``fixed(J, J_p)``: the per-batch terms of J batches of
     which J_p carry prefill tokens, non-decreasing in J. None for more than ``MAX_REQUESTS``
-    requests."""
+    requests. ``time_limit_s`` bounds the CP-SAT solves; once it is spent, the rest are priced
+    by the subset program's least split tokens (a weaker bound, ``exact`` False)."""
     n = len(computed)
     if n == 0 or n > MAX_REQUESTS:
         return None
@@ -68,7 +69,12 @@ def packing_bound(computed: Sequence[int], O: Sequence[int], B: int, j: int,
             for k in range(n * jp + 1):
                 if fixed(J, jp) + per_context * fewest + per_chunk * k >= bound:
                     break  # no packing into these batches (fewest is inf), or none cheaper with >= k pieces
-                lb, proven = _least_split_tokens(computed, O, B, jp, J, k, max(0.1, deadline - time.perf_counter()))
+                left = deadline - time.perf_counter()
+                if left <= 0:  # out of time: the relaxation's least tokens, priced with k pieces
+                    exact = False
+                    bound = min(bound, fixed(J, jp) + per_context * fewest + per_chunk * k)
+                    break
+                lb, proven = _least_split_tokens(computed, O, B, jp, J, k, left)
                 if lb is None:
                     continue  # not with k pieces
                 exact &= proven

@@ -139,8 +139,9 @@ def _bound_only(a, specs, cfg, cost, name: str, t_start: float) -> int:
     from .optimal import heuristic_runs, objective_value
 
     runs = heuristic_runs(specs, cfg, cost, deadline=t_start + HEURISTICS_SHARE * a.time_limit)
-    gpu = gpu_time_lower_bound(specs, cfg, cost, preemption=not a.no_preemption)
-    slo = slo_upper_bound(specs, cfg, cost, time_limit_s=max(0.1, 0.8 * (a.time_limit - (time.perf_counter() - t_start))))
+    left = lambda: max(0.1, 0.4 * (a.time_limit - (time.perf_counter() - t_start)))  # noqa: E731
+    gpu = gpu_time_lower_bound(specs, cfg, cost, preemption=not a.no_preemption, time_limit_s=left())
+    slo = slo_upper_bound(specs, cfg, cost, time_limit_s=left())
     bound = {"gpu_time": gpu.value, "slo": float(slo.value), "return": slo.value - a.lam * gpu.value}[a.objective]
     values = {n: objective_value(r.summary, a.objective, a.lam) for n, r in sorted(runs.items())}
     best = (min if a.objective == "gpu_time" else max)(values.values()) if values else None

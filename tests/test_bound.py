@@ -244,3 +244,18 @@ def test_infermax_bound_prices_batches_with_several_decodes():
     # 2 + 2 + 3 + 3 + 4 at least)
     assert surcharge(4) == pytest.approx(0.5 * (2 * 1.0 + 0.1 * 14))
     assert gpu_time_lower_bound(specs, cfg, cost, True).value <= min_gpu_time(Engine(specs, cfg, cost), True)
+
+
+def test_infermax_packing_bound_keeps_its_time_limit(shared_data):
+    """Out of time, the prefill packing prices what is left by its subset program: a bound that
+    is returned at once and is never above the full one."""
+    import time
+
+    p = get_preset("infermax-a100-llama2-7b")
+    cfg = p.engine_config(prefix_caching=False)
+    specs = build_workload(WorkloadConfig(num_requests=8, arrival="poisson", rate=2.0, lengths="trace",
+                                          trace="arxiv_summarization_stats_llama2_tokenizer_filtered_v2", seed=0))
+    t0 = time.perf_counter()
+    quick = gpu_time_lower_bound(specs, cfg, p.cost_model, True, time_limit_s=0.01).value
+    assert time.perf_counter() - t0 < 1.0
+    assert quick <= gpu_time_lower_bound(specs, cfg, p.cost_model, True).value
