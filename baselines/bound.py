@@ -119,6 +119,18 @@ def lower_convex_envelope(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(xs), np.array(ys)
 
 
+def least_concave_majorant(points: Sequence[tuple]) -> list[tuple]:
+    """The vertices of the least concave majorant of ``points`` (x ascending, distinct): the
+    taut string over lower bounds at those x."""
+    hull: list[tuple] = []
+    for x, y in points:
+        while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (x - hull[-2][0])
+                                  <= (y - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
+            hull.pop()
+        hull.append((x, y))
+    return hull
+
+
 @dataclass
 class GpuBound:
     """A proven lower bound on GPU busy seconds x GPUs (see the module docstring).
@@ -237,13 +249,7 @@ def deadline_tokens_s(computed: np.ndarray, O: np.ndarray, j_lo: int, hx: np.nda
         # D at each start and just before the next (linear in between): the majorant's candidates
         xs = np.concatenate([[-1.0], start, start[1:] - 1, [J - 1.0]])
         D = lambda t: float(np.sum(np.where(t >= start, P_ + (t - start), 0.0)))  # noqa: E731
-        pts = sorted({(float(x), D(x)) for x in xs if x >= -1})
-        hull: list[tuple[float, float]] = []
-        for x, y in pts:
-            while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (x - hull[-2][0])
-                                      <= (y - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
-                hull.pop()
-            hull.append((x, y))
+        hull = least_concave_majorant(sorted({(float(x), D(x)) for x in xs if x >= -1}))
         hxs, hys = np.array([h[0] for h in hull]), np.array([h[1] for h in hull])
         width = np.diff(hxs)
         v = float(np.sum(width * g(np.diff(hys) / width)))

@@ -312,6 +312,8 @@ def paced_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, span
     sizes the envelope prices exactly.
     Only where the cache holds every request at its longest and the sequence limit all of them
     (otherwise ``[]``)."""
+    from .bound import least_concave_majorant
+
     cfg = config
     B, bs = cfg.max_num_batched_tokens, cfg.block_size
     if (len(specs) > cfg.max_num_seqs
@@ -327,12 +329,7 @@ def paced_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, span
         pts = [(-1, 0)]
         for t in sorted(step):
             pts.append((t, pts[-1][1] + step[t]))
-        hull: list[tuple[int, int]] = []
-        for x, y in pts:
-            while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (x - hull[-2][0])
-                                      <= (y - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
-                hull.pop()
-            hull.append((x, y))
+        hull = least_concave_majorant(pts)
         left = {s.rid: s.prompt_len for s in due}
         emitted = {s.rid: 0 for s in due}
         plans, done, seg = [], 0, 0

@@ -119,6 +119,16 @@ def test_bounds_hold_with_prefix_caching_on_conversations(shared_data):
     assert hits > 0
 
 
+def _bound_and_optimum(specs, cost, budget: int, kv_blocks: int, preemption: bool) -> tuple[float, float]:
+    """(the bound, the least GPU time over every feasible plan sequence) on a block-1 engine."""
+    from llmsched_env.engine import Engine
+    from tests.test_optimal_exhaustive import NoCache, min_gpu_time
+
+    cfg = NoCache(num_kv_blocks=kv_blocks, block_size=1, max_num_batched_tokens=budget, max_num_seqs=3)
+    return (gpu_time_lower_bound(specs, cfg, cost, preemption).value,
+            min_gpu_time(Engine(specs, cfg, cost), preemption))
+
+
 def _random_infermax(rng):
     from llmsched_env.cost_model import InferMaxCostModel
     u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
@@ -154,17 +164,13 @@ def test_infermax_bound_is_exact_where_prompts_must_split():
     """Prompts of 3, 3 and 2 tokens fill two batches of 4 only if one is split: the cheapest
     schedule (exhaustive search) pays the split's chunk and context, and the bound equals it."""
     from llmsched_env.cost_model import InferMaxCostModel
-    from llmsched_env.engine import Engine
     from tests.conftest import spec
-    from tests.test_optimal_exhaustive import NoCache, min_gpu_time
 
     cost = InferMaxCostModel(name="split", num_layers=1, a_prefill_ms=0.0, b_prefill_ms=2.0, a_decode_ms=0.0,
                              b_decode_ms=1.0, a_other_ms=0.5, b_other_ms=3.0, per_prefill_ms=0.5, per_decode_ms=0.1,
                              prefill_kv_ms=1.0, multi_factor=1.0)
     specs = [spec(0, prompt=3, output=1), spec(1, prompt=3, output=1), spec(2, prompt=2, output=1)]
-    cfg = NoCache(num_kv_blocks=16, block_size=1, max_num_batched_tokens=4, max_num_seqs=3)
-    best = min_gpu_time(Engine(specs, cfg, cost), False)
-    lb = gpu_time_lower_bound(specs, cfg, cost, False).value
+    lb, best = _bound_and_optimum(specs, cost, budget=4, kv_blocks=16, preemption=False)
     # two batches (b_other + b_prefill each), 8 tokens, 4 chunks, and a split token of context
     assert best == pytest.approx(1e-3 * (2 * 5.0 + 0.5 * 8 + 0.5 * 4 + 1.0), rel=1e-12)
     assert lb == pytest.approx(best, rel=1e-12)
@@ -227,23 +233,20 @@ def test_infermax_bound_prices_batches_with_several_decodes():
     optimum (no prefill term is multiplied here: b_prefill = a_prefill = 0)."""
     import baselines.bound as bound
     from llmsched_env.cost_model import InferMaxCostModel
-    from llmsched_env.engine import Engine
     from tests.conftest import spec
-    from tests.test_optimal_exhaustive import NoCache, min_gpu_time
 
     cost = InferMaxCostModel(name="md", num_layers=1, a_prefill_ms=0.0, b_prefill_ms=0.0, a_decode_ms=0.1,
                              b_decode_ms=1.0, a_other_ms=0.5, b_other_ms=3.0, per_prefill_ms=0.5, per_decode_ms=0.1,
                              prefill_kv_ms=1.0, multi_factor=1.5)
     specs = [spec(0, prompt=2, output=4), spec(1, prompt=1, output=3), spec(2, prompt=1, output=2)]
-    cfg = NoCache(num_kv_blocks=32, block_size=1, max_num_batched_tokens=8, max_num_seqs=3)
-    best = min_gpu_time(Engine(specs, cfg, cost), False)
-    lb = gpu_time_lower_bound(specs, cfg, cost, False).value
+    lb, best = _bound_and_optimum(specs, cost, budget=8, kv_blocks=32, preemption=False)
     assert lb == pytest.approx(best, rel=1e-12)
     surcharge = bound._multi_decode_ms(cost, np.array([2, 1, 1]), np.array([4, 3, 2]), 4)
     # 4 batches: 6 decodes in the last 3, at least 2 of them with several, carrying 5 decodes (KV
     # 2 + 2 + 3 + 3 + 4 at least)
     assert surcharge(4) == pytest.approx(0.5 * (2 * 1.0 + 0.1 * 14))
-    assert gpu_time_lower_bound(specs, cfg, cost, True).value <= min_gpu_time(Engine(specs, cfg, cost), True)
+    lb, best = _bound_and_optimum(specs, cost, budget=8, kv_blocks=32, preemption=True)
+    assert lb <= best
 
 
 def test_infermax_packing_bound_keeps_its_time_limit(shared_data):
