@@ -278,7 +278,7 @@ def _infermax_fixed_terms(cost: InferMaxCostModel, prompt: np.ndarray, computed:
     that 2-variable LP; the total grows with J, so J = J_lo. A schedule that never preempts also
     pays the least terms of its prefill packing (``baselines.prefill_packing``: the order of its
     prefill batches and the prompts they split) and the multi-decode surcharge
-    (:func:`_multi_decode_ms`); one that preempts after a request's first token re-prefills at
+    (:func:`_multi_decode_ms`, and :func:`_multi_prefill_ms` where the packing is priced); one that preempts after a request's first token re-prefills at
     least as many tokens beyond T as above, so the bound is the lesser of the two. Participations: each request has at least one prefill chunk, and
     every other emission is a decode or a recompute's prefill chunk. ``multi_factor >= 1`` only
     multiplies non-negative terms, so it is left at 1."""
@@ -295,18 +295,48 @@ def _infermax_fixed_terms(cost: InferMaxCostModel, prompt: np.ndarray, computed:
 
     loose = min(fixed(j, jp) for jp in (j_p, max(j_p, j - d_lo)))
     surcharge = _multi_decode_ms(cost, prompt, O, j)
+    prefills = _multi_prefill_ms(cost, prompt, computed, B)
 
     def fixed_np(J: int, jp: int) -> float:  # a schedule that never preempts after a first token
         return fixed(J, jp) + surcharge(J)
 
-    packing = packing_bound(computed.tolist(), O.tolist(), B, j, fixed_np, cost.prefill_kv_ms, cost.per_prefill_ms,
-                            time_limit_s)
+    packing = packing_bound(computed.tolist(), O.tolist(), B, j, lambda J, jp: fixed_np(J, jp) + prefills(jp),
+                            cost.prefill_kv_ms, cost.per_prefill_ms, time_limit_s)
     packed = min(fixed_np(j, jp) for jp in (j_p, max(j_p, j - d_lo))) if packing is None else packing.value
     if preemption:
         packed = min(packed, loose + cost.a_other_ms * float(again.min()))
     tokens = s * (cost.a_other_ms * T + max(loose, packed))
     per = s * (cost.per_prefill_ms * len(O) + min(cost.per_prefill_ms, cost.per_decode_ms) * float((O - 1).sum()))
     return tokens, per, j
+
+
+def _multi_prefill_ms(cost: InferMaxCostModel, prompt: np.ndarray, computed: np.ndarray, B: int):
+    """J_p -> the least ``(multi_factor - 1) x (a_prefill x (c^2 + 2ck) + b_prefill)`` that
+    batches with more than one prefill chunk pay when J_p batches carry prefill tokens, ms per
+    layer (for ``packing_bound``, which tries each J_p).
+
+    Each request's prefill pass has chunks whose c^2 + 2ck add up to P^2 - H^2 (H cached tokens;
+    passes cut short by a preemption only add chunks). Of the J_p batches, s hold one chunk each
+    and J_p - s hold several: at most s requests' attention, the largest, escapes the factor,
+    the several-chunk batches hold the other tokens (at most B each, the single ones at most
+    min(P', B)), and s = J_p needs n <= J_p requests. Minimised over the s that fit."""
+    f = cost.multi_factor - 1.0
+    n = len(prompt)
+    if f <= 0 or n < 2:
+        return lambda jp: 0.0
+    att = np.sort((prompt.astype(np.float64) ** 2 - (prompt - computed).astype(np.float64) ** 2))[::-1]
+    top_att = np.concatenate([[0.0], np.cumsum(att)])
+    top_tok = np.concatenate([[0], np.cumsum(np.sort(np.minimum(computed, B))[::-1])])
+    total_att, total_tok = float(att.sum()), int(computed.sum())
+
+    def least(jp: int) -> float:
+        if jp >= n:
+            return 0.0
+        vals = [f * (cost.b_prefill_ms * (jp - k) + cost.a_prefill_ms * (total_att - top_att[k]))
+                for k in range(0, jp) if total_tok - top_tok[k] <= (jp - k) * B]
+        return float(min(vals)) if vals else 0.0
+
+    return least
 
 
 MULTI_DECODE_MAX_BATCH_COUNTS = 2000  # batch counts priced one by one; beyond, no surcharge

@@ -67,7 +67,7 @@ from ortools.sat.python import cp_model
 
 from llmsched_env.cost_model import BatchShape, CalibratedCostModel, CostModel
 from llmsched_env.engine import Engine, EngineConfig
-from llmsched_env.plan import BatchPlan
+from llmsched_env.plan import BatchPlan, PlanError
 from llmsched_env.request import RequestSpec
 from llmsched_env.scheduler import NeedsOptions, register
 
@@ -429,7 +429,9 @@ class SolveResult:
 
     Attributes:
         status: CP-SAT status name (OPTIMAL, FEASIBLE, INFEASIBLE, UNKNOWN).
-        objective, bound, gap: the best schedule's value, the proven bound, |obj - bound| / max(1, |obj|).
+        objective, bound, gap: the best schedule's value (replayed on the engine with the real
+            cost model; the model's own value differs by its coefficient rounding), the proven
+            bound, |obj - bound| / max(1, |obj|).
         solve_s: solver wall time, seconds.
         num_batches: J, the batches the model had; ``batches_used`` those the solution uses.
         j_rigorous, j_why: whether J provably does not cut off better schedules, and why.
@@ -958,11 +960,18 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
     source = "solver"
     has_bound = out.bound is not None and not out.killed
     if out.has_solution:
-        obj = m.exact_value(out)
-        bound = obj if status == "OPTIMAL" else m.natural(out.bound)
-        if status != "OPTIMAL" and lb is not None and bound < lb <= obj:
+        model_obj = m.exact_value(out)
+        bound = model_obj if status == "OPTIMAL" else m.natural(out.bound)
+        if status != "OPTIMAL" and lb is not None and bound < lb:
             bound = lb  # the relaxation proves more than the search did
         plans, lats = m.plans_from(out)
+        # the model rounds coefficients: the engine's value is the schedule's, and a candidate
+        # (all valued by the engine) may beat it
+        real = engine_value(specs, config, cost, plans, objective, lam)
+        obj = model_obj if real is None else real
+        if better(incumbent, obj, objective):
+            source = f"heuristic: {best} (the solver's schedule is worth {obj:.6g} on the engine)"
+            plans, lats, obj = list(cands[best].plans), list(cands[best].latency_s), incumbent
         gap = _gap(obj, bound, objective)
     elif m.hint_raw is not None and status in ("UNKNOWN", "INFEASIBLE"):
         # no solution within the limit: the hint's schedule stands, with the solver's bound if it
@@ -977,6 +986,8 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         if status == "INFEASIBLE":  # cannot be true (the hint satisfies every constraint): numerical failure
             status = "UNKNOWN (solver reported INFEASIBLE despite a feasible hint: no bound)"
         plans, lats = m.hint_plans, m.hint_latency_s
+        real = engine_value(specs, config, cost, plans, objective, lam)
+        obj = obj if real is None else real
         gap = None if bound is None else _gap(obj, bound, objective)
         source = f"hint: {hint_info[0] if hint_info else best}" + (f" ({out.note})" if out.note else "")
     elif status == "UNKNOWN":
@@ -988,6 +999,17 @@ def solve(specs: Sequence[RequestSpec], config: EngineConfig, cost: CostModel, o
         plans, lats = [], []
     return SolveResult(status, obj, bound, gap, out.wall_s, J, len(plans), rigorous, why, plans, lats,
                        m.unit_s, objective, preemption, hint_info, values, cb.rows, build_s, source, model=m)
+
+
+def engine_value(specs, config, cost, plans: Sequence[BatchPlan], objective: str, lam: float) -> Optional[float]:
+    """``objective`` of replaying ``plans`` on the engine (prefix caching off, the real cost
+    model), or None if the replay does not finish the workload."""
+    try:
+        run = record_run(specs, config, cost, OptimalScheduler(plans))
+    except (PlanError, RuntimeError):
+        return None
+    s = run.summary
+    return objective_value(s, objective, lam) if s["num_finished"] == s["num_requests"] else None
 
 
 def all_arrived_runs(specs, config, cost, preemption: bool, deadline: Optional[float] = None

@@ -226,16 +226,17 @@ def test_deadline_bound_prices_prefill_that_cannot_be_spread(shared_data):
     assert min(runs, key=lambda n: runs[n].summary["gpu_busy_s"]).startswith("paced prefill")
 
 
-def test_infermax_bound_prices_batches_with_several_decodes():
-    """With a multi-batch factor, a batch with more than one decode pays it on its decode terms:
-    three requests whose decodes must overlap (the longest decodes in every batch after the
-    first) pay it in two of the three decode batches, and without preemption the bound equals the exhaustive
-    optimum (no prefill term is multiplied here: b_prefill = a_prefill = 0)."""
+def test_infermax_bound_prices_batches_with_several_decodes_or_prefills():
+    """With a multi-batch factor, a batch with more than one decode pays it on its decode terms,
+    one with more than one prefill chunk on its prefill terms: three requests whose decodes must
+    overlap (the longest decodes in every batch after the first) pay it in two of the three
+    decode batches and in their one prefill batch, and without preemption the bound equals the
+    exhaustive optimum."""
     import baselines.bound as bound
     from llmsched_env.cost_model import InferMaxCostModel
     from tests.conftest import spec
 
-    cost = InferMaxCostModel(name="md", num_layers=1, a_prefill_ms=0.0, b_prefill_ms=0.0, a_decode_ms=0.1,
+    cost = InferMaxCostModel(name="md", num_layers=1, a_prefill_ms=0.05, b_prefill_ms=1.0, a_decode_ms=0.1,
                              b_decode_ms=1.0, a_other_ms=0.5, b_other_ms=3.0, per_prefill_ms=0.5, per_decode_ms=0.1,
                              prefill_kv_ms=1.0, multi_factor=1.5)
     specs = [spec(0, prompt=2, output=4), spec(1, prompt=1, output=3), spec(2, prompt=1, output=2)]
@@ -245,6 +246,9 @@ def test_infermax_bound_prices_batches_with_several_decodes():
     # 4 batches: 6 decodes in the last 3, at least 2 of them with several, carrying 5 decodes (KV
     # 2 + 2 + 3 + 3 + 4 at least)
     assert surcharge(4) == pytest.approx(0.5 * (2 * 1.0 + 0.1 * 14))
+    # the prefill batch holds all three prompts: 0.5 x (b_prefill + a_prefill x (4 + 1 + 1))
+    prefills = bound._multi_prefill_ms(cost, np.array([2, 1, 1]), np.array([2, 1, 1]), 8)
+    assert prefills(1) == pytest.approx(0.5 * (1.0 + 0.05 * 6)) and prefills(3) == 0.0
     lb, best = _bound_and_optimum(specs, cost, budget=8, kv_blocks=32, preemption=True)
     assert lb <= best
 
