@@ -296,7 +296,7 @@ def _split_pieces(where: list[int], P: list[int], O: list[int], load: list[int],
 PACED = "paced prefill (hint only)"
 
 
-def paced_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, spans: int = 3,
+def paced_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, spans: int = 8,
                         sizes: Optional[Sequence[int]] = None) -> list[list[BatchPlan]]:
     """Offline schedules that spread prefill as evenly as the requests' deadlines allow, every
     request arrived (``gpu_time`` candidates, not registered: they read the true output lengths).
