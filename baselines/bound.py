@@ -305,7 +305,7 @@ def _infermax_fixed_terms(cost: InferMaxCostModel, prompt: np.ndarray, computed:
     packed = min(fixed_np(j, jp) for jp in (j_p, max(j_p, j - d_lo))) if packing is None else packing.value
     if preemption:
         packed = min(packed, loose + cost.a_other_ms * float(again.min()))
-    tokens = s * (cost.a_other_ms * T + max(loose, packed))
+    tokens = float(s * (cost.a_other_ms * T + max(loose, packed)))
     per = s * (cost.per_prefill_ms * len(O) + min(cost.per_prefill_ms, cost.per_decode_ms) * float((O - 1).sum()))
     return tokens, per, j
 
@@ -317,23 +317,26 @@ def _multi_prefill_ms(cost: InferMaxCostModel, prompt: np.ndarray, computed: np.
 
     Each request's prefill pass has chunks whose c^2 + 2ck add up to P^2 - H^2 (H cached tokens;
     passes cut short by a preemption only add chunks). Of the J_p batches, s hold one chunk each
-    and J_p - s hold several: at most s requests' attention, the largest, escapes the factor,
-    the several-chunk batches hold the other tokens (at most B each, the single ones at most
-    min(P', B)), and s = J_p needs n <= J_p requests. Minimised over the s that fit."""
+    and J_p - s hold several: the lone chunks belong to at most s requests, so at most the s
+    largest attentions escape the factor; they hold at most the s largest B-token cuts of the
+    prompts, the others at most B each; s = J_p needs n <= J_p requests. Minimised over the s
+    that fit."""
     f = cost.multi_factor - 1.0
     n = len(prompt)
     if f <= 0 or n < 2:
         return lambda jp: 0.0
     att = np.sort((prompt.astype(np.float64) ** 2 - (prompt - computed).astype(np.float64) ** 2))[::-1]
     top_att = np.concatenate([[0.0], np.cumsum(att)])
-    top_tok = np.concatenate([[0], np.cumsum(np.sort(np.minimum(computed, B))[::-1])])
     total_att, total_tok = float(att.sum()), int(computed.sum())
+    # the most tokens k lone chunks can hold: the k largest of each prompt cut into B-token chunks
+    cuts = sorted((min(B, int(c) - q * B) for c in computed.tolist() for q in range(-(-int(c) // B))), reverse=True)
+    top_tok = np.concatenate([[0], np.cumsum(cuts[:n])])
 
     def least(jp: int) -> float:
         if jp >= n:
             return 0.0
         vals = [f * (cost.b_prefill_ms * (jp - k) + cost.a_prefill_ms * (total_att - top_att[k]))
-                for k in range(0, jp) if total_tok - top_tok[k] <= (jp - k) * B]
+                for k in range(0, jp) if total_tok - top_tok[min(k, len(top_tok) - 1)] <= (jp - k) * B]
         return float(min(vals)) if vals else 0.0
 
     return least
@@ -352,7 +355,8 @@ def _multi_decode_ms(cost: InferMaxCostModel, prompt: np.ndarray, O: np.ndarray,
     batches have several, so M >= (D - (J - 1)) / (n - 1), and M >= O_2 - 1 - (J - O_1) (the
     longest request decodes in all but J - O_1 of those batches, the second longest in O_2 - 1);
     at least D - (J - 1 - M) decodes, the ones with the least KV at best (P + g for a request's
-    g-th decode), pay the surcharge.
+    g-th decode), pay the surcharge, and at least all KV but what the lone decodes hold (the
+    longest request's largest, and at most J - O_1 others').
     Made to fall by at most ``b_other`` per batch more (so that the per-batch terms plus it grow
     with J, as ``packing_bound`` needs): a smaller value, so still a bound."""
     f = cost.multi_factor - 1.0
@@ -369,7 +373,21 @@ def _multi_decode_ms(cost: InferMaxCostModel, prompt: np.ndarray, O: np.ndarray,
     # second longest decodes in O_2 - 1 of them
     M = np.maximum(np.maximum(0, -(-(D - (Js - 1)) // (n - 1))), o2 - 1 - (Js - o1))
     multi = np.clip(D - (Js - 1 - M), 0, D)
-    value = np.where(M > 0, f * (cost.b_decode_ms * M + cost.a_decode_ms * least[multi]), 0.0)
+    # the KV of those decodes: at least the least KVs, and at least all KV but what the lone
+    # decodes can hold: the longest request's, and at most J - O_1 others' (where it skips)
+    L = int(np.argmax(O))
+    kv_of = lambda i: prompt[i] + np.arange(1, dec[i] + 1, dtype=np.float64)  # noqa: E731
+    own = np.concatenate([[0.0], np.cumsum(kv_of(L)[::-1])])
+    rest = np.sort(np.concatenate([kv_of(i) for i in range(len(O)) if i != L and dec[i] > 0] or [np.zeros(0)]))[::-1]
+    other = np.concatenate([[0.0], np.cumsum(rest)])
+    total = least[-1]
+    alone_kv = np.empty(len(Js))
+    for k, (J, m) in enumerate(zip(Js.tolist(), M.tolist())):
+        alone = max(0, min(J - 1 - m, D))
+        a = np.arange(0, min(alone, J - o1, len(rest)) + 1)
+        alone_kv[k] = np.max(other[a] + own[np.minimum(alone - a, len(own) - 1)])
+    multi_kv = np.maximum(least[multi], total - alone_kv)
+    value = np.where(M > 0, f * (cost.b_decode_ms * M + cost.a_decode_ms * multi_kv), 0.0)
     value[-1] = 0.0
     for k in range(len(value) - 2, -1, -1):
         value[k] = min(value[k], value[k + 1] + cost.b_other_ms)

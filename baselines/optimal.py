@@ -65,7 +65,7 @@ from typing import Optional, Sequence
 
 from ortools.sat.python import cp_model
 
-from llmsched_env.cost_model import BatchShape, CalibratedCostModel, CostModel
+from llmsched_env.cost_model import BatchShape, CalibratedCostModel, CostModel, InferMaxCostModel
 from llmsched_env.engine import Engine, EngineConfig
 from llmsched_env.plan import BatchPlan, PlanError
 from llmsched_env.request import RequestSpec
@@ -186,7 +186,7 @@ PACK_MAX_NODES = 200_000  # search nodes per batch count (each a partial assignm
 
 
 def packed_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, extra_batches: int = 1,
-                         deadline: Optional[float] = None) -> list[list[BatchPlan]]:
+                         deadline: Optional[float] = None, lone: bool = False) -> list[list[BatchPlan]]:
     """Offline schedules that pack prompts into the fewest prefill batches, every request arrived
     (``gpu_time`` candidates, not registered: they read the true output lengths).
 
@@ -199,8 +199,11 @@ def packed_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, ext
     batches after its own as far as its slack allows, then decodes every batch until done.
     The search minimises the batch count max_i(batch of i + O_i) (the longest requests go
     early), then the split tokens, then the split chunks. Returns one plan list per J_p that
-    has an assignment. Cost: at most J_p^n assignments, pruned by the best so far, and at most
-    ``PACK_MAX_NODES`` nodes (or until ``deadline``, a ``time.perf_counter()`` value) per J_p."""
+    has an assignment; with ``lone``, also one per (request, prefill batch) that holds that
+    request's prompt alone (a cost model that charges batches with several prefills more, as
+    InferMax's multi-batch factor, may prefer it). Cost: at most J_p^n assignments, pruned by
+    the best so far, and at most ``PACK_MAX_NODES`` nodes (or until ``deadline``, a
+    ``time.perf_counter()`` value) per search."""
     cfg = config
     bs, B = cfg.block_size, cfg.max_num_batched_tokens
     reqs = sorted(specs, key=lambda s: (-s.output_len, -s.prompt_len, s.rid))
@@ -212,67 +215,84 @@ def packed_prefill_plans(specs: Sequence[RequestSpec], config: EngineConfig, ext
     j_p = -(-sum(P) // B)
     out = []
     for nb in range(j_p, min(len(reqs), j_p + extra_batches) + 1):
-        best: list = [None, (math.inf,)]  # [(where, pieces), (span, split tokens, split chunks)]
-        load = [0] * nb
-        where = [0] * len(reqs)
-        nodes = [0]
-
-        def place(i: int, span: int, over: int) -> None:
-            nodes[0] += 1
-            if (span, over) >= best[1][:2] or nodes[0] > PACK_MAX_NODES or (
-                    deadline is not None and nodes[0] % 1024 == 0 and time.perf_counter() > deadline):
-                return
-            if i == len(reqs):
-                pieces = _split_pieces(where, P, O, load, B)
-                if pieces is not None:
-                    rank = (span, sum(p[2] for p in pieces), len(pieces))
-                    if rank < best[1]:
-                        best[0], best[1] = (list(where), pieces), rank
-                return
-            for b in range(nb):
-                before = max(0, load[b] - B)
-                load[b] += P[i]
-                if b > 0 or load[b] <= B:  # the first batch has no earlier room to give its excess to
-                    where[i] = b
-                    place(i + 1, max(span, b + O[i]), over + max(0, load[b] - B) - before)
-                load[b] -= P[i]
-
-        place(0, 0, 0)  # (span, over): lower bounds of the rank, pruning
-        if best[0] is None:
-            continue
-        (where, pieces), (span, _, _) = best
-        given = {i: size for i, _, size in pieces}
-        decodes = _decode_batches(where, O, nb, span)
-        plans = []
-        for j in range(span):
-            tokens = {reqs[i].rid: size for i, b, size in pieces if b == j}
-            tokens.update({reqs[i].rid: P[i] - given.get(i, 0) for i, b in enumerate(where) if b == j})
-            tokens.update({reqs[i].rid: 1 for i in range(len(reqs)) if j in decodes[i]})
-            if tokens:
-                plans.append(BatchPlan(tokens))
-        out.append(plans)
+        lone_choices = [None] + ([(i, b) for i in range(len(reqs)) for b in range(nb)] if lone else [])
+        for alone in lone_choices:
+            for skip in (True, False) if lone else (True,):
+                plans = _packed(reqs, P, O, B, nb, alone, deadline, skip)
+                if plans is not None:
+                    out.append(plans)
     return out
 
 
-def _decode_batches(where: list[int], O: list[int], nb: int, span: int) -> list[set[int]]:
+def _packed(reqs, P: list[int], O: list[int], B: int, nb: int, alone: Optional[tuple[int, int]],
+            deadline: Optional[float], skip: bool = True) -> Optional[list[BatchPlan]]:
+    """``packed_prefill_plans``' search for ``nb`` prefill batches (``alone``: request index i
+    and batch b, i's prompt alone in b, no other chunk there; ``skip``: requests skip decoding in
+    prefill batches as far as their slack allows, else decode at once), as plans, or None."""
+    best: list = [None, (math.inf,)]  # [(where, pieces), (span, split tokens, split chunks)]
+    load = [0] * nb
+    where = [0] * len(reqs)
+    nodes = [0]
+    lone_i, lone_b = alone if alone is not None else (-1, -1)
+
+    def place(i: int, span: int, over: int) -> None:
+        nodes[0] += 1
+        if (span, over) >= best[1][:2] or nodes[0] > PACK_MAX_NODES or (
+                deadline is not None and nodes[0] % 1024 == 0 and time.perf_counter() > deadline):
+            return
+        if i == len(reqs):
+            pieces = _split_pieces(where, P, O, load, B, closed=lone_b, skip=skip)
+            if pieces is not None:
+                rank = (span, sum(p[2] for p in pieces), len(pieces))
+                if rank < best[1]:
+                    best[0], best[1] = (list(where), pieces), rank
+            return
+        for b in range(nb):
+            if (i == lone_i) != (b == lone_b):
+                continue
+            before = max(0, load[b] - B)
+            load[b] += P[i]
+            if b > 0 or load[b] <= B:  # the first batch has no earlier room to give its excess to
+                where[i] = b
+                place(i + 1, max(span, b + O[i]), over + max(0, load[b] - B) - before)
+            load[b] -= P[i]
+
+    place(0, 0, 0)  # (span, over): lower bounds of the rank, pruning
+    if best[0] is None:
+        return None
+    (where, pieces), (span, _, _) = best
+    given = {i: size for i, _, size in pieces}
+    decodes = _decode_batches(where, O, nb, span, skip)
+    plans = []
+    for j in range(span):
+        tokens = {reqs[i].rid: size for i, b, size in pieces if b == j}
+        tokens.update({reqs[i].rid: P[i] - given.get(i, 0) for i, b in enumerate(where) if b == j})
+        tokens.update({reqs[i].rid: 1 for i in range(len(reqs)) if j in decodes[i]})
+        if tokens:
+            plans.append(BatchPlan(tokens))
+    return plans
+
+
+def _decode_batches(where: list[int], O: list[int], nb: int, span: int, skip: bool = True) -> list[set[int]]:
     """The batches each request decodes in: it skips the prefill batches after its own as far as
-    its slack in ``span`` batches allows (leaving their room to prompts), then decodes every batch."""
+    its slack in ``span`` batches allows (leaving their room to prompts; with ``skip`` only),
+    then decodes every batch."""
     out = []
     for w, o in zip(where, O):
-        skip = min(max(0, nb - 1 - w), span - w - o)
-        out.append(set(range(w + 1 + skip, w + o + skip)))
+        skipped = min(max(0, nb - 1 - w), span - w - o) if skip else 0
+        out.append(set(range(w + 1 + skipped, w + o + skipped)))
     return out
 
 
-def _split_pieces(where: list[int], P: list[int], O: list[int], load: list[int], B: int
-                  ) -> Optional[list[tuple[int, int, int]]]:
+def _split_pieces(where: list[int], P: list[int], O: list[int], load: list[int], B: int, closed: int = -1,
+                  skip: bool = True) -> Optional[list[tuple[int, int, int]]]:
     """The first chunks (request index, batch, tokens) that carry each prefill batch's excess
     over B (its last chunks and decodes, ``_decode_batches``) into the free room of earlier
-    batches; largest prompts give first, one piece each, into the earliest batch with room.
-    None if some excess finds no room."""
+    batches; largest prompts give first, one piece each, into the earliest batch with room (not
+    ``closed``, which holds one prompt alone). None if some excess finds no room."""
     nb = len(load)
     span = max(w + o for w, o in zip(where, O))
-    decodes = _decode_batches(where, O, nb, span)
+    decodes = _decode_batches(where, O, nb, span, skip)
     free = [B - load[b] - sum(b in d for d in decodes) for b in range(nb)]
     if free[0] < 0:
         return None
@@ -282,6 +302,8 @@ def _split_pieces(where: list[int], P: list[int], O: list[int], load: list[int],
             if free[b] >= 0:
                 break
             for e in range(b):
+                if e == closed:
+                    continue
                 size = min(-free[b], P[i] - 1, free[e])
                 if size > 0:
                     pieces.append((i, e, size))
@@ -1022,7 +1044,9 @@ def all_arrived_runs(specs, config, cost, preemption: bool, deadline: Optional[f
     at_once = [replace(s, arrival_s=0.0) for s in specs]
     runs = heuristic_runs(at_once, config, cost, deadline=deadline)
     runs[RESERVE] = record_run(at_once, config, cost, ReserveScheduler())
-    for k, plans in enumerate(packed_prefill_plans(at_once, without_prefix_cache(config), deadline=deadline)):
+    lone = isinstance(cost, InferMaxCostModel) and cost.multi_factor > 1
+    for k, plans in enumerate(packed_prefill_plans(at_once, without_prefix_cache(config), deadline=deadline,
+                                                   lone=lone)):
         runs[f"{PACKED} {k + 1}"] = record_run(at_once, config, cost, OptimalScheduler(plans))
     knots = None
     if isinstance(cost, CalibratedCostModel):  # its token cost is not convex: pace at the envelope's knots

@@ -249,6 +249,7 @@ def test_infermax_bound_prices_batches_with_several_decodes_or_prefills():
     # the prefill batch holds all three prompts: 0.5 x (b_prefill + a_prefill x (4 + 1 + 1))
     prefills = bound._multi_prefill_ms(cost, np.array([2, 1, 1]), np.array([2, 1, 1]), 8)
     assert prefills(1) == pytest.approx(0.5 * (1.0 + 0.05 * 6)) and prefills(3) == 0.0
+    assert prefills(2) == pytest.approx(0.5 * (1.0 + 0.05 * 2))  # the 2-token prompt alone
     lb, best = _bound_and_optimum(specs, cost, budget=8, kv_blocks=32, preemption=True)
     assert lb <= best
 

@@ -116,3 +116,16 @@ def test_prefill_packing_plans_are_valid_and_only_where_everything_fits():
     small = EngineConfig(num_kv_blocks=40, block_size=16, max_num_batched_tokens=512, max_num_seqs=8,
                          prefix_caching=False)
     assert packed_prefill_plans(specs, small) == []  # the cache cannot hold every request
+
+
+def test_real_length_optimum_with_infermax_multi_batch_factor(shared_data):
+    """InferMax's own setting (Llama-3-70B at TP 4, x1.1 on batches with several prefills or
+    decodes): six arXiv requests are proven optimal, by a prefill packing that leaves the
+    longest prompt alone in its batch, and the replay gives the same value."""
+    specs = build_workload(WorkloadConfig(num_requests=6, arrival="poisson", rate=2.0, lengths="trace",
+                                          trace=ARXIV, seed=0))
+    p = get_preset("infermax-a100-llama3-70b-tp4")
+    cfg = p.engine_config()
+    r = solve(specs, cfg, p.cost_model, "gpu_time", True, time_limit_s=120.0)
+    assert r.status == "OPTIMAL" and "prefill packing" in r.source
+    assert replay(specs, cfg, p.cost_model, r)["gpu_busy_s"] == pytest.approx(r.objective, rel=1e-12)
