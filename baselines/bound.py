@@ -119,6 +119,13 @@ def lower_convex_envelope(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(xs), np.array(ys)
 
 
+def token_cost_envelope(cost: CostModel, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (tokens, seconds) of the lower convex envelope of f(N), the part of a batch's
+    latency that depends only on its token count, for N = 1..B."""
+    token_s = _coefs(cost)["token_s"]
+    return lower_convex_envelope(np.array([token_s(n) for n in range(1, B + 1)]))
+
+
 def least_concave_majorant(points: Sequence[tuple]) -> list[tuple]:
     """The vertices of the least concave majorant of ``points`` (x ascending, distinct): the
     taut string over lower bounds at those x."""
@@ -175,8 +182,7 @@ def gpu_time_lower_bound(specs: Sequence[RequestSpec], config: EngineConfig, cos
         area += int(np.sum(-(-(p + g - 1) // bs)))
     j_lo = max(int(O.max()), -(-area // K), -(-int(O.sum()) // config.max_num_seqs))
     B = max(1, min(config.max_num_batched_tokens, T))
-    f = np.array([c["token_s"](n) for n in range(1, B + 1)])
-    hx, hy = lower_convex_envelope(f)
+    hx, hy = token_cost_envelope(cost, B)
     J = np.arange(j_lo, max(j_lo, T) + 1, dtype=np.float64)
     J = J[T / J <= B] if np.any(T / J <= B) else J[-1:]
     tok = J * np.interp(T / J, hx, hy)
@@ -302,7 +308,7 @@ def _infermax_fixed_terms(cost: InferMaxCostModel, prompt: np.ndarray, computed:
 
     packing = packing_bound(computed.tolist(), O.tolist(), B, j, lambda J, jp: fixed_np(J, jp) + prefills(jp),
                             cost.prefill_kv_ms, cost.per_prefill_ms, time_limit_s)
-    packed = min(fixed_np(j, jp) for jp in (j_p, max(j_p, j - d_lo))) if packing is None else packing.value
+    packed = min(fixed_np(j, jp) for jp in (j_p, max(j_p, j - d_lo))) if packing is None else packing
     if preemption:
         packed = min(packed, loose + cost.a_other_ms * float(again.min()))
     tokens = float(s * (cost.a_other_ms * T + max(loose, packed)))

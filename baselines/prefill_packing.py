@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from ortools.sat.python import cp_model
@@ -33,33 +32,22 @@ from ortools.sat.python import cp_model
 MAX_REQUESTS = 10  # more requests: no packing (the callers fall back to bounds without it)
 
 
-@dataclass
-class PackingBound:
-    """``value``: the least fixed and split terms of any schedule that never preempts (caller's
-    units), proven; ``exact`` False where a time limit cut a CP-SAT solve short (its proven
-    bound was used); ``solve_s`` seconds."""
-
-    value: float
-    exact: bool
-    solve_s: float
-
-
 def packing_bound(computed: Sequence[int], O: Sequence[int], B: int, j: int,
                   fixed: Callable[[int, int], float], per_context: float, per_chunk: float,
-                  time_limit_s: float = 10.0) -> Optional[PackingBound]:
+                  time_limit_s: float = 10.0) -> Optional[float]:
     """The least terms of the prefill packing of requests with ``computed`` prompt tokens and
     ``O`` output tokens in batches of at most ``B`` tokens (module docstring). ``j``: the fewest
     batches any schedule has (J >= j); ``fixed(J, J_p)``: the per-batch terms of J batches of
     which J_p carry prefill tokens, non-decreasing in J. None for more than ``MAX_REQUESTS``
-    requests. ``time_limit_s`` bounds the CP-SAT solves; once it is spent, the rest are priced
-    by the subset program's least split tokens (a weaker bound, ``exact`` False)."""
+    requests. ``time_limit_s`` bounds the CP-SAT solves; once it is spent (or a solve is cut
+    short), the rest are priced by the subset program's least split tokens or the solver's
+    proven bound (weaker, still bounds)."""
     n = len(computed)
     if n == 0 or n > MAX_REQUESTS:
         return None
-    t0 = time.perf_counter()
-    deadline = t0 + time_limit_s
+    deadline = time.perf_counter() + time_limit_s
     longest = max(O)
-    bound, exact = math.inf, True
+    bound = math.inf
     for jp in range(max(1, -(-sum(computed) // B)), n + 1):
         # from J = longest + jp - 1 on every last chunk may go anywhere, so only fixed grows
         for J in range(max(j, longest), max(j, longest + jp - 1) + 1):
@@ -71,13 +59,11 @@ def packing_bound(computed: Sequence[int], O: Sequence[int], B: int, j: int,
                     break  # no packing into these batches (fewest is inf), or none cheaper with >= k pieces
                 left = deadline - time.perf_counter()
                 if left <= 0:  # out of time: the relaxation's least tokens, priced with k pieces
-                    exact = False
                     bound = min(bound, fixed(J, jp) + per_context * fewest + per_chunk * k)
                     break
-                lb, proven = _least_split_tokens(computed, O, B, jp, J, k, left)
+                lb = _least_split_tokens(computed, O, B, jp, J, k, left)
                 if lb is None:
                     continue  # not with k pieces
-                exact &= proven
                 lb = max(lb, fewest)
                 bound = min(bound, fixed(J, jp) + per_context * lb + per_chunk * k)
                 if lb <= fewest:
@@ -86,7 +72,7 @@ def packing_bound(computed: Sequence[int], O: Sequence[int], B: int, j: int,
     # (the least fixed terms over J >= J0 are at J0, as fixed grows with J for every J_p <= J)
     J0 = max(j, longest)
     bound = min([bound] + [fixed(J0, jp) for jp in range(n + 1, J0 + 1)])
-    return PackingBound(bound, exact, time.perf_counter() - t0)
+    return bound
 
 
 def _fewest_split_tokens(computed, O, B: int, jp: int, J: int) -> float:
@@ -125,8 +111,8 @@ def _fewest_split_tokens(computed, O, B: int, jp: int, J: int) -> float:
 
 def _least_split_tokens(computed, O, B: int, jp: int, J: int, max_pieces: Optional[int], time_limit_s: float):
     """The least split tokens (the sum of each request's tokens before its last chunk) with at most
-    ``max_pieces`` pieces (None: any), as (CP-SAT's proven bound or None if there is no such
-    packing, whether it is the optimum)."""
+    ``max_pieces`` pieces (None: any): CP-SAT's proven bound (the optimum unless its time limit
+    cut it short), or None if there is no such packing."""
     n = len(computed)
     m = cp_model.CpModel()
     forced = sum(1 for o in O if o == J)
@@ -159,7 +145,7 @@ def _least_split_tokens(computed, O, B: int, jp: int, J: int, max_pieces: Option
     solver.parameters.max_time_in_seconds = time_limit_s
     status = solver.solve(m)
     if status == cp_model.INFEASIBLE:
-        return None, True
+        return None
     if status == cp_model.OPTIMAL:
-        return int(round(solver.objective_value)), True
-    return max(0, math.ceil(solver.best_objective_bound - 1e-6)), False
+        return int(round(solver.objective_value))
+    return max(0, math.ceil(solver.best_objective_bound - 1e-6))

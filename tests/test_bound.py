@@ -203,7 +203,7 @@ def test_deadline_bound_prices_prefill_that_cannot_be_spread(shared_data):
     """The longest request's prompt must be prefilled before its O - 1 decodes: on arXiv lengths
     the deadline bound is well above Jensen's (which spreads every token evenly over the
     batches), and the paced-prefill schedule that follows the same taut string comes within 1%."""
-    from baselines.bound import deadline_tokens_s, lower_convex_envelope
+    from baselines.bound import deadline_tokens_s, token_cost_envelope
     from baselines.optimal import all_arrived_runs, without_prefix_cache
 
     p = get_preset("a100-llama3-8b")
@@ -211,8 +211,7 @@ def test_deadline_bound_prices_prefill_that_cannot_be_spread(shared_data):
                                           trace="arxiv_summarization_stats_llama2_tokenizer_filtered_v2", seed=0))
     cfg = without_prefix_cache(p.engine_config())
     cost = p.cost_model
-    B = cfg.max_num_batched_tokens
-    hx, hy = lower_convex_envelope(np.array([cost.overhead_s + cost.token_level_s(n) for n in range(1, B + 1)]))
+    hx, hy = token_cost_envelope(cost, cfg.max_num_batched_tokens)
     P = np.array([s.prompt_len for s in specs])
     O = np.array([s.output_len for s in specs])
     T = int(np.sum(P + O - 1))
