@@ -237,8 +237,9 @@ def _packed(reqs, P: list[int], O: list[int], B: int, nb: int, alone: Optional[t
 
     def place(i: int, span: int, over: int) -> None:
         nodes[0] += 1
-        if (span, over) >= best[1][:2] or nodes[0] > PACK_MAX_NODES or (
-                deadline is not None and nodes[0] % 1024 == 0 and time.perf_counter() > deadline):
+        if nodes[0] % 256 == 0 and deadline is not None and time.perf_counter() > deadline:
+            nodes[0] = PACK_MAX_NODES  # out of time: the search ends with what it has
+        if nodes[0] >= PACK_MAX_NODES or (span, over) >= best[1][:2]:
             return
         if i == len(reqs):
             pieces = _split_pieces(where, P, O, load, B, closed=lone_b, skip=skip)
@@ -1045,18 +1046,22 @@ def all_arrived_runs(specs, config, cost, preemption: bool, deadline: Optional[f
     runs = heuristic_runs(at_once, config, cost, deadline=deadline)
     runs[RESERVE] = record_run(at_once, config, cost, ReserveScheduler())
     lone = isinstance(cost, InferMaxCostModel) and cost.multi_factor > 1
-    for k, plans in enumerate(packed_prefill_plans(at_once, without_prefix_cache(config), deadline=deadline,
-                                                   lone=lone)):
-        runs[f"{PACKED} {k + 1}"] = record_run(at_once, config, cost, OptimalScheduler(plans))
     knots = None
     if isinstance(cost, CalibratedCostModel):  # its token cost is not convex: pace at the envelope's knots
-        from .bound import lower_convex_envelope
-        B = config.max_num_batched_tokens
-        knots = [int(x) for x in lower_convex_envelope(
-            [cost.overhead_s + cost.token_level_s(n) for n in range(1, B + 1)])[0]]
-    for k, plans in enumerate(paced_prefill_plans(at_once, without_prefix_cache(config))
-                              + (paced_prefill_plans(at_once, without_prefix_cache(config), sizes=knots) if knots else [])):
-        runs[f"{PACED} {k + 1}"] = record_run(at_once, config, cost, OptimalScheduler(plans))
+        from .bound import token_cost_envelope
+        knots = [int(x) for x in token_cost_envelope(cost, config.max_num_batched_tokens)[0]]
+    engine = without_prefix_cache(config)
+    offline = [(PACKED, p) for p in packed_prefill_plans(at_once, engine, deadline=deadline, lone=lone)]
+    offline += [(PACED, p) for p in paced_prefill_plans(at_once, engine)
+                + (paced_prefill_plans(at_once, engine, sizes=knots) if knots else [])]
+    seen = set()
+    for k, (name, plans) in enumerate(offline):
+        if deadline is not None and time.perf_counter() > deadline:
+            break  # out of time: the schedules replayed so far stand
+        key = tuple(tuple(sorted(p.tokens.items())) for p in plans)
+        if key not in seen:
+            seen.add(key)
+            runs[f"{name} {k + 1}"] = record_run(at_once, config, cost, OptimalScheduler(plans))
     return {f"{name} (all arrived)": r for name, r in runs.items()
             if r.summary["num_finished"] == r.summary["num_requests"]
             and (preemption or not any(p.preempt for p in r.plans))}
